@@ -1,0 +1,100 @@
+"Tests of the `darknb` console script, run as a user runs it: a separate process."
+import json, os, re, shutil, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+from darknb.raw import data_dir, real_raw_files, sample_dng
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def darknb(*args, cwd=None, timeout=300):
+    "Run the console script; return (exit code, stdout, stderr)."
+    exe = shutil.which('darknb')
+    assert exe, 'the darknb console script is not installed: pip install -e .'
+    cmd = [exe]
+    r = subprocess.run(cmd+[str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+def test_no_command_is_a_usage_error():
+    rc,out,err = darknb()
+    assert rc==2 and 'usage: darknb' in err and 'Traceback' not in err
+
+def test_info_json_on_files(tmp_path):
+    files = real_raw_files() or [sample_dng('coffee','RGGB'), sample_dng('chelsea','BGGR')]
+    rc,out,err = darknb('info', *files, '--json')
+    assert rc==0, err
+    recs = json.loads(out)
+    assert [r['path'] for r in recs]==[str(f) for f in files]
+    for r in recs:
+        assert r['cfa']=='bayer' and len(r['pattern'])==4 and r['white_level']>max(r['black_levels'])
+
+def test_info_human_readable():
+    f = sample_dng('coffee','GRBG')
+    rc,out,err = darknb('info', f)
+    assert rc==0 and 'bayer GRBG' in out and 'white 16383' in out and 'Synthetic camera' in out
+
+@pytest.fixture
+def bad_files(tmp_path):
+    "A folder of the kinds of bad input a user may give."
+    d = tmp_path/'bad'; d.mkdir()
+    (d/'empty.NEF').write_bytes(b'')
+    (d/'random.CR2').write_bytes(np.random.default_rng(0).bytes(50_000))
+    from PIL import Image
+    Image.fromarray(np.zeros((32,32,3), np.uint8)).save(d/'photo.jpg'); (d/'photo.jpg').rename(d/'photo.NEF')
+    good = sample_dng('coffee','RGGB')
+    data = good.read_bytes(); (d/'truncated.dng').write_bytes(data[:len(data)//3])
+    (d/'folder.ARW').mkdir()
+    return d, good
+
+def test_info_bad_inputs_one_line_each(bad_files):
+    d,good = bad_files
+    bad = sorted(d.iterdir()) + [d/'missing.NEF']
+    before = sorted(p.name for p in d.iterdir())
+    rc,out,err = darknb('info', *bad, good, '--json')
+    assert rc==1
+    lines = err.strip().splitlines()
+    assert len(lines)==len(bad), err
+    assert 'Traceback' not in err
+    for p,line in zip(bad, lines): assert line.startswith(f'darknb: error: {p}: '), line
+    recs = json.loads(out)
+    assert recs[-1]['path']==str(good) and recs[-1]['pattern']=='RGGB'  # the good file is still described
+    assert all('error' in r for r in recs[:-1])
+    assert sorted(p.name for p in d.iterdir())==before  # nothing written
+    reasons = dict(zip([p.name for p in bad], lines))
+    assert reasons['empty.NEF'].endswith('empty file')
+    assert reasons['missing.NEF'].endswith('no such file')
+    assert 'directory' in reasons['folder.ARW']
+    assert 'truncated or corrupt' in reasons['truncated.dng']
+    assert 'not a RAW file' in reasons['photo.NEF'] and 'not a RAW file' in reasons['random.CR2']
+
+@pytest.mark.skipif(data_dir('raw/edge-cases') is None, reason='real edge-case files are not available ($DARKNB_DATA)')
+def test_info_describes_non_mosaic_files():
+    files = sorted(p for p in data_dir('raw/edge-cases').iterdir() if p.is_file())
+    rc,out,err = darknb('info', *files, '--json')
+    assert rc==0, err
+    assert {r['cfa'] for r in json.loads(out)}=={'none'}
+
+def test_demo_writes_figure_and_never_overwrites(tmp_path):
+    out = tmp_path/'out'
+    rc,o,e = darknb('demo', '-o', out, cwd=tmp_path)
+    assert rc==0, e
+    fig = out/'raw_vs_jpg.png'
+    assert fig.read_bytes()[:8]==b'\x89PNG\r\n\x1a\n' and str(fig) in o
+    m = re.search(r'JPEG kept (\d+) grey levels and scores ([\d.]+) dB; the 14-bit RAW scores ([\d.]+) dB', o)
+    assert m and float(m[3]) > float(m[2])  # the RAW brightens better than the JPEG
+    fig.write_bytes(b'mine')
+    rc,o,e = darknb('demo', '-o', out)
+    assert rc==1 and 'already exists' in e and 'Traceback' not in e
+    assert fig.read_bytes()==b'mine'
+    assert [p.name for p in out.iterdir()]==['raw_vs_jpg.png']  # no temporary file left behind
+    rc,o,e = darknb('demo', '-o', out, '--force')
+    assert rc==0 and fig.read_bytes()[:4]==b'\x89PNG'
+
+def test_readme_has_exactly_two_commands_and_ci_runs_the_tests():
+    readme = (ROOT/'README.md').read_text()
+    blocks = re.findall(r'```sh\n(.*?)```', readme, re.S)
+    assert len(blocks)==2, blocks
+    install_run, test_cmd = [b.strip() for b in blocks]
+    assert 'darknb demo' in install_run
+    ci = (ROOT/'.ci'/'run').read_text()
+    assert test_cmd in ci.splitlines()
