@@ -98,3 +98,30 @@ def test_readme_has_exactly_two_commands_and_ci_runs_the_tests():
     assert 'darknb demo' in install_run
     ci = (ROOT/'.ci'/'run').read_text()
     assert test_cmd in ci.splitlines()
+
+@pytest.mark.skipif(data_dir('flea3') is None, reason='the real Flea3 frames are not available ($DARKNB_DATA)')
+def test_calibrate_on_real_frames(tmp_path):
+    darks = sorted((data_dir('flea3')/'dark').glob('*.tif'))
+    flats = sorted((data_dir('flea3')/'disks_500nm').glob('*.tif'))
+    out = tmp_path/'flea3.json'
+    rc,o,e = darknb('calibrate', *darks, '--flats', *flats, '--pattern', 'GBRG', '-o', out)
+    assert rc==0, e
+    prof = json.loads(out.read_text())
+    assert prof['K']>0 and prof['read_scale']>0
+    rc,o,e = darknb('calibrate', *darks, '-o', out)  # an existing profile is kept
+    assert rc==1 and 'already exists' in e and json.loads(out.read_text())==prof
+
+def test_synth_writes_a_dark_dng(tmp_path):
+    clean = sample_dng('coffee','RGGB')
+    rc,o,e = darknb('synth', clean, '--ratio', 50, '-o', tmp_path/'s')
+    assert rc==0, e
+    dngs = sorted((tmp_path/'s').glob('*.dng'))
+    assert len(dngs)==2
+    rc,o,e = darknb('info', *dngs, '--json')
+    recs = {Path(r['path']).name: r for r in json.loads(o)}
+    dark = next(r for n,r in recs.items() if '_x50' in n); ref = next(r for n,r in recs.items() if '_ref' in n)
+    assert dark['pattern']==ref['pattern']=='RGGB' and dark['black_levels']==ref['black_levels']
+    assert dark['exposure_time'] == pytest.approx(ref['exposure_time']/50, rel=1e-3)
+    (tmp_path/'bad.json').write_text('{"K": 1}')
+    rc,o,e = darknb('synth', clean, '--profile', tmp_path/'bad.json', '-o', tmp_path/'s2')
+    assert rc==1 and 'bad.json' in e and 'missing keys' in e and 'Traceback' not in e
