@@ -207,8 +207,9 @@ def test_write_dng_never_overwrites(tmp_path):
 
 def test_write_dng_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
     import darknb.raw as dr
-    m = np.zeros((8, 8), dtype=np.uint16); pat = pattern_from_str('RGGB')
+    m = np.zeros((32, 32), dtype=np.uint16); pat = pattern_from_str('RGGB')
     with pytest.raises(ValueError, match='uint16'): write_dng(tmp_path/'f.dng', m.astype(np.float32), pat, [0]*4, 1023)
+    with pytest.raises(ValueError, match='22 pixels'): write_dng(tmp_path/'s.dng', m[:8], pat, [0]*4, 1023)
     def disk_full(*a, **k): raise OSError(28, 'No space left on device')
     monkeypatch.setattr(dr.tifffile, 'imwrite', disk_full)
     with pytest.raises(OSError, match='No space'): write_dng(tmp_path/'g.dng', m, pat, [0]*4, 1023)
