@@ -343,6 +343,7 @@ def overfit_batch(model:nn.Module, # network to train (its weights change)
     return losses
 
 # %% ../nbs/05_unet.ipynb #c7dff7e2
+from pathlib import Path
 from .raw import DarknbError, atomic_path
 
 ARCHS = {'sid': sid_unet, 'res': res_unet, 'light': light_unet, 'denoiser': raw_denoiser}
