@@ -65,7 +65,8 @@ def demo_cmd(out:str='darknb-out', force:bool=False)->int:
     return 0
 
 # %% ../nbs/10_cli.ipynb #f1d2f471
-def make_parser()->argparse.ArgumentParser:
+def make_parser(command:str|None=None # the sub-command about to run: only its heavy options module is imported
+               )->argparse.ArgumentParser:
     "The `darknb` argument parser with one sub-command per job."
     from darknb import __version__
     p = argparse.ArgumentParser(prog='darknb', description='Reconstructing dark images: RAW tools and restoration.')
@@ -92,11 +93,18 @@ def make_parser()->argparse.ArgumentParser:
     s.add_argument('-o', '--out', required=True, help='output folder')
     s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     s.add_argument('--force', action='store_true', help='overwrite existing outputs')
+    s = sub.add_parser('train', help='train a network (RAW denoising or RAW to sRGB) and write checkpoints, log and model',
+                       add_help=command=='train')
+    if command=='train':
+        from darknb.train import add_train_args
+        add_train_args(s)
     return p
 
 def main(argv:list|None=None)->int:
     "Entry point of the `darknb` console script."
-    args = make_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith('-')), None)
+    args = make_parser(command).parse_args(argv)
     from darknb.raw import DarknbError
     try:
         if args.command=='info': return info_cmd(args.files, args.json)
@@ -104,6 +112,10 @@ def main(argv:list|None=None)->int:
         if args.command=='calibrate':
             from darknb.noise import calibrate_cmd
             return calibrate_cmd(args.darks, args.flats, args.out, args.force, args.pattern, args.white, args.name)
+        if args.command=='train':
+            from darknb.train import train_cmd
+            opts = {k:v for k,v in vars(args).items() if k!='command'}
+            return train_cmd(**opts)
         if args.command=='synth':
             from darknb.noise import synth_cmd
             Path(args.out).mkdir(parents=True, exist_ok=True)
