@@ -125,3 +125,21 @@ def test_synth_writes_a_dark_dng(tmp_path):
     (tmp_path/'bad.json').write_text('{"K": 1}')
     rc,o,e = darknb('synth', clean, '--profile', tmp_path/'bad.json', '-o', tmp_path/'s2')
     assert rc==1 and 'bad.json' in e and 'missing keys' in e and 'Traceback' not in e
+
+def test_train_tiny_run_end_to_end(tmp_path):
+    out = tmp_path/'run'
+    rc,o,e = darknb('train', 'samples', '--task', 'raw', '--width', 8, '--depth', 3, '--patch', 32, '--bs', 4,
+                    '--epochs', 1, '--length', 8, '--n-valid', 4, '--seed', 0, '-o', out)
+    assert rc==0, e
+    for f in ('recipe.json', 'log.csv', 'history.png', 'model.pt', 'checkpoints/last.pth'): assert (out/f).exists(), f
+    from darknb.unet import load_model
+    net,info = load_model(out/'model.pt', task='raw', in_ch=4)
+    assert info['meta']  # the recipe travels with the model
+    rc,o,e = darknb('train', 'samples', '-o', out)  # a finished run is never overwritten silently
+    assert rc==1 and 'Traceback' not in e and str(out) in e
+
+def test_train_bad_folder(tmp_path):
+    (tmp_path/'empty').mkdir()
+    rc,o,e = darknb('train', tmp_path/'empty', '-o', tmp_path/'run')
+    assert rc==1 and 'Traceback' not in e and 'empty' in e
+    assert not (tmp_path/'run').exists() or not any((tmp_path/'run').iterdir())
