@@ -80,13 +80,16 @@ def test_demo_writes_figure_and_never_overwrites(tmp_path):
     assert rc==0, e
     fig = out/'raw_vs_jpg.png'
     assert fig.read_bytes()[:8]==b'\x89PNG\r\n\x1a\n' and str(fig) in o
-    m = re.search(r'JPEG kept (\d+) grey levels and scores ([\d.]+) dB; the 14-bit RAW scores ([\d.]+) dB', o)
+    assert (out/'restore_demo.png').read_bytes()[:4]==b'\x89PNG'
+    m2 = re.search(r'amplified x100: PSNR ([\d.]+) dB.*\n.*restored: +PSNR ([\d.]+) dB', o)
+    assert m2 and float(m2[2]) > float(m2[1])  # the bundled model improves on plain amplification
+    m = re.search(r'JPEG kept (\d+) levels and scores ([\d.]+) dB; the 14-bit RAW scores ([\d.]+) dB', o)
     assert m and float(m[3]) > float(m[2])  # the RAW brightens better than the JPEG
     fig.write_bytes(b'mine')
     rc,o,e = darknb('demo', '-o', out)
     assert rc==1 and 'already exists' in e and 'Traceback' not in e
     assert fig.read_bytes()==b'mine'
-    assert [p.name for p in out.iterdir()]==['raw_vs_jpg.png']  # no temporary file left behind
+    assert sorted(p.name for p in out.iterdir())==['demo_motorcycle_x100.dng', 'raw_vs_jpg.png', 'restore_demo.png']  # no temporary file
     rc,o,e = darknb('demo', '-o', out, '--force')
     assert rc==0 and fig.read_bytes()[:4]==b'\x89PNG'
 
@@ -143,3 +146,21 @@ def test_train_bad_folder(tmp_path):
     rc,o,e = darknb('train', tmp_path/'empty', '-o', tmp_path/'run')
     assert rc==1 and 'Traceback' not in e and 'empty' in e
     assert not (tmp_path/'run').exists() or not any((tmp_path/'run').iterdir())
+
+def test_enhance_batch_with_bad_inputs(tmp_path, bad_files):
+    d,good = bad_files
+    src = tmp_path/'in'; src.mkdir()
+    dark = src/'dark.dng'; dark.write_bytes(good.read_bytes())
+    before = dark.read_bytes()
+    out = tmp_path/'out'
+    rc,o,e = darknb('enhance', dark, d/'photo.NEF', d/'missing.NEF', '-o', out, '--ratio', 4, '--format', 'dng')
+    assert rc==1 and 'Traceback' not in e
+    assert 'photo.NEF' in e and 'missing.NEF' in e
+    outs = [p for p in out.iterdir()]
+    assert len(outs)==1 and outs[0].suffix=='.dng'  # the good file was restored, nothing partial left
+    rc,o2,e2 = darknb('info', outs[0], '--json')
+    rec = json.loads(o2)[0]
+    assert rec['pattern']=='RGGB' and rec['wb'][:3]==pytest.approx(json.loads(darknb('info', dark, '--json')[1])[0]['wb'][:3], rel=1e-4)
+    assert dark.read_bytes()==before  # inputs are only read
+    rc,o,e = darknb('enhance', dark, '-o', out, '--ratio', 4, '--format', 'dng')
+    assert rc==1 and 'already exists' in e  # never overwritten without --force
