@@ -14,11 +14,11 @@ import torch
 from .raw import (DarknbError, data_dir, sample_scene, write_dng, read_mosaic, pack_mosaic, atomic_path)
 from .noise import unprocess, add_noise, SONY_A7S2
 from .unet import load_model
+from .restore import default_model_path
 
 # %% auto #0
 __all__ = ['TRAIN_SCENES', 'HELD_OUT_SCENES', 'TRAIN_CAMERAS', 'HELD_OUT_CAMERAS', 'unprocessed_dng', 'build_training_set',
-           'default_model_path', 'load_default_model', 'estimate_noise', 'classical_denoise', 'raw_psnr', 'dark_pair',
-           'evaluate']
+           'load_default_model', 'estimate_noise', 'classical_denoise', 'raw_psnr', 'dark_pair', 'evaluate']
 
 # %% ../nbs/07b_default_model.ipynb #16c0214a
 TRAIN_SCENES = ('coffee', 'chelsea', 'astronaut', 'rocket', 'colorwheel')
@@ -55,16 +55,9 @@ def build_training_set(out_dir, # folder to fill (created)
     return files
 
 # %% ../nbs/07b_default_model.ipynb #59c2fedb
-def default_model_path()->Path:
-    "Where the bundled model lives inside the installed package."
-    import darknb
-    return Path(darknb.__file__).resolve().parent/'assets'/'default_model.pth'
-
 def load_default_model(device='cpu'):
     "The bundled model (a darknb model file, task 'raw') and its description."
-    p = default_model_path()
-    if not p.exists(): raise DarknbError(f'{p}: no bundled model in this installation: pass --model PATH')
-    return load_model(p, task='raw', device=device)
+    return load_model(default_model_path(), task='raw', device=device)  # DarknbError when this installation has none
 
 # %% ../nbs/07b_default_model.ipynb #99405910
 def estimate_noise(plane:np.ndarray)->float:
