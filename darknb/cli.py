@@ -6,7 +6,7 @@ Docs: https://darknb.github.io/darknb/cli.html.md"""
 
 # %% ../nbs/10_cli.ipynb #45602b30
 from __future__ import annotations
-import argparse, json, sys, os
+import argparse, json, sys, os, warnings
 from pathlib import Path
 
 # %% auto #0
@@ -111,6 +111,8 @@ def make_parser(command:str|None=None # the sub-command about to run: only its h
 
 def main(argv:list|None=None)->int:
     "Entry point of the `darknb` console script."
+    # fastai's own import calls the deprecated `torch.jit.script` under torch >= 2.10: nothing a user can act on
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith('-')), None)
     args = make_parser(command).parse_args(argv)

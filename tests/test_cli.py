@@ -19,6 +19,12 @@ def test_no_command_is_a_usage_error():
     rc,out,err = darknb()
     assert rc==2 and 'usage: darknb' in err and 'Traceback' not in err
 
+def test_help_is_quiet():
+    "Help for the command that imports fastai prints the usage and nothing else (no library deprecation warnings)."
+    rc,out,err = darknb('train', '--help')
+    assert rc==0 and out.startswith('usage: darknb train') and '--lr' in out
+    assert err=='', err
+
 def test_info_json_on_files(tmp_path):
     files = real_raw_files() or [sample_dng('coffee','RGGB'), sample_dng('chelsea','BGGR')]
     rc,out,err = darknb('info', *files, '--json')
