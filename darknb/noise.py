@@ -19,8 +19,8 @@ __all__ = ['TIFF_EXTS', 'PROFILE_KEYS', 'SONY_A7S2', 'CHANNELS', 'UNPROCESS_CAM_
            'torch_generator', 'tukey_lambda_var', 'tukey_lambda_quantile', 'sample_tukey_lambda', 'NoiseProfile',
            'add_noise', 'poisson_gaussian', 'CameraNoiseModel', 'random_profile', 'simulate_series',
            'mean_variance_points', 'fit_mean_variance', 'fit_photon_transfer', 'fit_tukey_lambda', 'dark_stats',
-           'calibrate', 'calibrate_cmd', 'synth_dark', 'synth_cmd', 'random_cam_xyz', 'inverse_smoothstep', 'unprocess',
-           'random_noise_levels']
+           'calibrate', 'calibrate_cmd', 'synth_dark', 'cam_xyz_matrix', 'synth_cmd', 'random_cam_xyz',
+           'inverse_smoothstep', 'unprocess', 'random_noise_levels']
 
 # %% ../nbs/02_noise.ipynb #7a3221e4
 class NoiseError(DarknbError):
@@ -558,8 +558,9 @@ def synth_dark(clean_mosaic:np.ndarray, # clean long exposure, raw DN (black lev
     return np.clip(np.round(y+b), 0, white).astype(np.uint16)
 
 # %% ../nbs/02_noise.ipynb #6f1bfae3
-def _cam_xyz(info)->np.ndarray|None:
-    "Camera-from-XYZ matrix of a described file; for DNGs (LibRaw reports only camera-to-sRGB) one that gives the same colours."
+def cam_xyz_matrix(info # a `RawInfo` from `darknb.raw.describe`
+                  )->np.ndarray|None:
+    "Camera-from-XYZ matrix to write into a DNG made from a described file: the file's own, or for a DNG (LibRaw reports only camera-to-sRGB) one that gives the same colours."
     if info.rgb_xyz_matrix is not None: return np.asarray(info.rgb_xyz_matrix)
     if info.color_matrix is None: return None
     from darknb.raw import XYZ_FROM_SRGB
@@ -592,7 +593,7 @@ def synth_cmd(clean_raw:str, # a clean, well-exposed RAW file (Bayer or X-Trans 
     dark = synth_dark(clean, pat, info.black_levels, info.white_level, ratio, prof, seed)
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(pattern=pat, black_levels=info.black_levels, white_level=info.white_level, wb=info.wb[:3],
-              rgb_xyz_matrix=_cam_xyz(info), iso=info.iso, make=info.make or 'darknb',
+              rgb_xyz_matrix=cam_xyz_matrix(info), iso=info.iso, make=info.make or 'darknb',
               model=info.model or 'Synthetic camera', orientation=info.orientation, overwrite=force)
     t = info.exposure_time
     write_dng(dst_dark, dark, exposure_time=t/ratio if t else None, **kw)

@@ -15,6 +15,7 @@ import torch, torch.nn as nn
 from torch import Tensor
 from .raw import (DarknbError, RawError, RawInfo, RAW_EXTS, describe, open_raw, raw_mosaic, normalize, black_map,
                         pack_mosaic, unpack_mosaic, render_mosaic, libraw_render, write_dng, atomic_path)
+from .noise import cam_xyz_matrix
 from .unet import (ModelError, CFA_PACKING, cfa_packing, load_model, in_channels, model_task, pad_to_multiple)
 
 # %% auto #0
@@ -288,11 +289,6 @@ def check_ratio(ratio)->float|str:
     if not (math.isfinite(r) and r>=1): raise RestoreError(f'ratio must be at least 1, not {ratio!r}')
     return r
 
-def _cam_xyz(info:RawInfo)->np.ndarray|None:
-    "The camera-from-XYZ matrix to write in a DNG: the file's, or for a DNG (LibRaw gives only camera-to-sRGB) one that renders the same."
-    from darknb.noise import _cam_xyz as cam_xyz
-    return cam_xyz(info)
-
 @dataclass
 class Restored:
     "A RAW file restored by a network: its output and what is needed to write it."
@@ -337,7 +333,7 @@ class Restored:
 def _write_restored_dng(res:Restored, path, overwrite:bool=False, orientation:int|None=None)->Path:
     info,t = res.info,res.info.exposure_time
     return write_dng(path, res.dn(), np.asarray(info.raw_pattern), info.black_levels, info.white_level, wb=info.wb[:3],
-                     rgb_xyz_matrix=_cam_xyz(info), exposure_time=t*res.ratio if t else None, iso=info.iso,
+                     rgb_xyz_matrix=cam_xyz_matrix(info), exposure_time=t*res.ratio if t else None, iso=info.iso,
                      make=info.make or 'darknb', model=info.model or 'restored',
                      orientation=info.orientation if orientation is None else orientation, overwrite=overwrite)
 
@@ -533,7 +529,7 @@ def restore_demo(out_dir='darknb-out', # folder for the figure and the dark DNG
     clean,dark,info = demo_frames(scene, ratio, iso, seed)
     pat = np.asarray(info.raw_pattern)
     out.mkdir(parents=True, exist_ok=True)
-    write_dng(dng_path, dark, pat, info.black_levels, info.white_level, wb=info.wb[:3], rgb_xyz_matrix=_cam_xyz(info),
+    write_dng(dng_path, dark, pat, info.black_levels, info.white_level, wb=info.wb[:3], rgb_xyz_matrix=cam_xyz_matrix(info),
               exposure_time=(info.exposure_time or 1)/ratio, iso=iso, make=info.make or 'darknb', model=info.model or 'demo',
               orientation=info.orientation, overwrite=force)
     res = restore_file(dng_path, net, ratio)

@@ -6,7 +6,7 @@ import pytest, torch, rawpy, png, tifffile
 
 from darknb.raw import (XTRANS_PATTERN, pack_raw, sample_dng, describe, open_raw, raw_mosaic, normalize, pack_mosaic, write_dng, data_dir,
                         mosaic_from_srgb, pattern_from_str, sample_scene, srgb_from_camera, SCENES)
-from darknb.noise import synth_dark, SONY_A7S2
+from darknb.noise import synth_dark, SONY_A7S2, cam_xyz_matrix
 from darknb.sid import SyntheticPairs, eld_noise
 from darknb.unet import sid_unet, light_unet, res_unet, raw_denoiser, save_model
 from darknb import restore as R
@@ -43,7 +43,7 @@ def make_dark(path, scene='coffee', pattern='RGGB', ratio=100, iso=1600, seed=0,
     pat = pattern_from_str(pattern)
     clean = mosaic_from_srgb(img, pat)
     dark = synth_dark(clean, pat, [512]*4, 16383, ratio, SONY_A7S2(iso), seed)
-    write_dng(path, dark, pat, [512]*4, 16383, wb=(2.0, 1.0, 1.6), rgb_xyz_matrix=R._cam_xyz(describe(sample_dng(scene))),
+    write_dng(path, dark, pat, [512]*4, 16383, wb=(2.0, 1.0, 1.6), rgb_xyz_matrix=cam_xyz_matrix(describe(sample_dng(scene))),
               exposure_time=0.001, iso=iso, orientation=orientation, overwrite=True)
     return Path(path), clean
 
