@@ -11,40 +11,56 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .raw import (DarknbError, data_dir, sample_scene, write_dng, read_mosaic, pack_mosaic, atomic_path)
+from .raw import (DarknbError, data_dir, sample_scene, make_sample_dng, write_dng, read_mosaic, pack_mosaic)
 from .noise import unprocess, add_noise, SONY_A7S2
-from .unet import load_model
+from .unet import load_model, save_model
 from .restore import default_model_path
 
 # %% auto #0
-__all__ = ['TRAIN_SCENES', 'HELD_OUT_SCENES', 'TRAIN_CAMERAS', 'HELD_OUT_CAMERAS', 'unprocessed_dng', 'build_training_set',
-           'load_default_model', 'estimate_noise', 'classical_denoise', 'raw_psnr', 'dark_pair', 'evaluate']
+__all__ = ['TRAIN_SCENES', 'EXTRA_PHOTOS', 'HELD_OUT_SCENES', 'TRAIN_CAMERAS', 'HELD_OUT_CAMERAS', 'training_photo',
+           'unprocessed_dng', 'build_training_set', 'load_default_model', 'bundle_model', 'estimate_noise',
+           'classical_denoise', 'raw_psnr', 'dark_pair', 'centre_crop', 'denoise', 'evaluate']
 
 # %% ../nbs/07b_default_model.ipynb #16c0214a
 TRAIN_SCENES = ('coffee', 'chelsea', 'astronaut', 'rocket', 'colorwheel')
+EXTRA_PHOTOS = ('brick', 'grass', 'gravel', 'camera', 'coins', 'moon', 'clock', 'hubble_deep_field',
+                'immunohistochemistry', 'retina')  # more photos that ship with scikit-image (no download): textures, night sky
 HELD_OUT_SCENES = ('motorcycle',)
 TRAIN_CAMERAS = ('colorchart.dng', 'RAW_KODAK_DC50.KDC')
 HELD_OUT_CAMERAS = ('RAW_NIKON_D1.NEF', 'RAW_CANON_D30_SRGB.CRW')
 _LEVELS = [(0, 4095), (128, 4095), (512, 16383), (1024, 16383), (2048, 15000)]  # (black, white) of 12- and 14-bit sensors
 
+def training_photo(name:str # a scene of `darknb.raw.SCENES` or a photo of `EXTRA_PHOTOS`
+                  )->np.ndarray:
+    "A photo that ships with scikit-image as H x W x 3 float32 sRGB in [0, 1] (grey ones in three equal channels), cropped to even size."
+    if name not in EXTRA_PHOTOS: return sample_scene(name)
+    import skimage.data
+    img = getattr(skimage.data, name)()
+    img = np.repeat(img[..., None], 3, -1) if img.ndim==2 else img[..., :3]
+    return (img.astype(np.float32)/255)[:img.shape[0]//6*6, :img.shape[1]//6*6]
+
 def unprocessed_dng(path, scene:str, rng:np.random.Generator, overwrite:bool=False)->Path:
-    "Write `scene` unprocessed (Brooks et al.) into the RAW file of a random virtual camera, as a DNG."
+    "Write the photo `scene` (see `training_photo`) unprocessed (Brooks et al.) into the RAW file of a random virtual camera, as a DNG."
     phase = rng.choice(['RGGB', 'BGGR', 'GRBG', 'GBRG'])
-    m,meta = unprocess(sample_scene(scene), rng, pattern=phase)
+    m,meta = unprocess(training_photo(scene), rng, pattern=phase)
     black,white = _LEVELS[rng.integers(len(_LEVELS))]
     dn = np.round(black + m*(white-black)).astype(np.uint16)
     return write_dng(path, dn, meta['pattern'], [black]*4, white, wb=meta['wb'], rgb_xyz_matrix=meta['rgb_xyz_matrix'],
                      exposure_time=10., iso=100, model='virtual camera', overwrite=overwrite)
 
 def build_training_set(out_dir, # folder to fill (created)
-                       per_scene:int=4, # virtual cameras per scikit-image photo
+                       per_scene:int=2, # random virtual cameras per scikit-image photo
                        seed:int=0,
+                       sample_camera:bool=True, # also each photo as a RAW file of darknb's fixed synthetic camera
                        real:bool=True # add the real clean RAW files of `TRAIN_CAMERAS` when the test data is present
                       )->list[Path]:
     "The clean RAW files the default model is trained on: unprocessed photos and, when present, real files (linked)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    files = [unprocessed_dng(out/f'{s}_{k}.dng', s, rng) for s in TRAIN_SCENES for k in range(per_scene)]
+    files = [unprocessed_dng(out/f'{s}_{k}.dng', s, rng) for s in TRAIN_SCENES+EXTRA_PHOTOS for k in range(per_scene)]
+    if sample_camera:
+        phases = ('RGGB', 'BGGR', 'GRBG', 'GBRG')
+        files += [make_sample_dng(out/f'{s}_sample.dng', s, phases[i%4]) for i,s in enumerate(TRAIN_SCENES)]
     if real and data_dir('raw'):
         for name in TRAIN_CAMERAS:
             src = data_dir('raw')/name
@@ -58,6 +74,15 @@ def build_training_set(out_dir, # folder to fill (created)
 def load_default_model(device='cpu'):
     "The bundled model (a darknb model file, task 'raw') and its description."
     return load_model(default_model_path(), task='raw', device=device)  # DarknbError when this installation has none
+
+def bundle_model(run_dir, # a `darknb train` output folder
+                 dest, # the model file to write, e.g. darknb/assets/default_model.pth
+                 overwrite:bool=False)->Path:
+    "Copy a run's best model to `dest`, keeping its recipe and scores but only the name of the training folder."
+    model,info = load_model(Path(run_dir)/'model.pt')
+    meta = dict(info['meta'])
+    if 'recipe' in meta: meta['recipe'] = {**meta['recipe'], 'source': Path(meta['recipe']['source']).name}
+    return save_model(dest, model, info['arch'], info['arch_kwargs'], meta, overwrite=overwrite)
 
 # %% ../nbs/07b_default_model.ipynb #99405910
 def estimate_noise(plane:np.ndarray)->float:
@@ -85,21 +110,29 @@ def dark_pair(clean:np.ndarray, # clean packed planes in [0, 1]
     dark = add_noise(clean/np.float32(ratio), SONY_A7S2(iso), rng, dn_per_unit=span, packed=True)
     return np.clip(np.asarray(dark, np.float32)*np.float32(ratio), 0, 1)
 
+def centre_crop(f, # a Bayer RAW file
+                size:int=256 # crop height in packed pixels (the width is twice that)
+               )->tuple[np.ndarray,float,object]:
+    "The clean packed planes of the centre of `f` in [0, 1], its span (white - black, in DN) and its `RawInfo`."
+    x,info = read_mosaic(f)
+    p = pack_mosaic(x, np.asarray(info.raw_pattern)).astype(np.float32)
+    _,h,w = p.shape; y0,x0 = max(0,(h-size)//2), max(0,(w-2*size)//2)
+    return p[:, y0:y0+size, x0:x0+2*size], info.white_level-float(np.mean(info.black_levels)), info
+
+def denoise(model, x:np.ndarray)->np.ndarray:
+    "Run `model` on packed planes C x h x w in [0, 1]; the output is clipped to [0, 1]."
+    with torch.inference_mode(): return model(torch.from_numpy(np.ascontiguousarray(x))[None])[0].clamp(0,1).numpy()
+
 def evaluate(model, files, ratios=(100, 250, 300), iso:float=3200, size:int=256, seed:int=0):
     "RAW-domain PSNR of amplification, the classical denoiser and `model` on a centre crop of each file: a DataFrame."
     import pandas as pd
     rows = []
     for f in files:
-        x,info = read_mosaic(f)
-        p = pack_mosaic(x, np.asarray(info.raw_pattern)).astype(np.float32)
-        _,h,w = p.shape; y0,x0 = max(0,(h-size)//2), max(0,(w-2*size)//2)
-        clean = p[:, y0:y0+size, x0:x0+2*size]
-        span = info.white_level-float(np.mean(info.black_levels))
+        clean,span,_ = centre_crop(f, size)
         for r in ratios:
             amp = dark_pair(clean, r, span, iso, seed)
-            with torch.inference_mode(): out = model(torch.from_numpy(amp)[None])[0].clamp(0,1).numpy()
             rows.append(dict(file=Path(f).name, ratio=r, amplified=raw_psnr(amp, clean),
-                             classical=raw_psnr(classical_denoise(amp), clean), network=raw_psnr(out, clean)))
+                             classical=raw_psnr(classical_denoise(amp), clean), network=raw_psnr(denoise(model, amp), clean)))
     df = pd.DataFrame(rows)
     df['gain_vs_amplified'] = df.network-df.amplified
     df['gain_vs_classical'] = df.network-df.classical
