@@ -54,7 +54,7 @@ def build_training_set(out_dir, # folder to fill (created)
                        sample_camera:bool=True, # also each photo as a RAW file of darknb's fixed synthetic camera
                        real:bool=True # add the real clean RAW files of `TRAIN_CAMERAS` when the test data is present
                       )->list[Path]:
-    "The clean RAW files the default model is trained on: unprocessed photos and, when present, real files (linked)."
+    "The clean RAW files the default model is trained on: unprocessed photos, photos of the synthetic camera and, when present, real files (linked)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     files = [unprocessed_dng(out/f'{s}_{k}.dng', s, rng) for s in TRAIN_SCENES+EXTRA_PHOTOS for k in range(per_scene)]
