@@ -323,6 +323,11 @@ def _check_file(path)->Path:
     if path.stat().st_size == 0: raise RawError(path, 'empty file')
     return path
 
+def _is_text(path, n:int=512)->bool:
+    "True when the first `n` bytes of `path` are all printable ASCII (no RAW format starts like that)."
+    with open(path, 'rb') as f: head = f.read(n)
+    return bool(head) and all(32<=b<127 or b in (9, 10, 13) for b in head)
+
 def _libraw_reason(e:Exception)->str:
     if isinstance(e, rawpy.LibRawFileUnsupportedError): return 'not a RAW file LibRaw can read (unsupported format)'
     if isinstance(e, (rawpy.LibRawIOError, rawpy.LibRawDataError)): return 'RAW data cannot be read (truncated or corrupt file)'
@@ -339,7 +344,7 @@ def open_raw(path # A RAW file LibRaw reads
         with _quiet_stderr():
             raw = rawpy.imread(str(path))
             raw.raw_image  # decodes the data: truncated files fail here, not later
-    except rawpy.LibRawError as e: raise RawError(path, _libraw_reason(e)) from None
+    except rawpy.LibRawError as e: raise RawError(path, 'not a RAW file (it is text)' if _is_text(path) else _libraw_reason(e)) from None
     except (OSError, ValueError) as e: raise RawError(path, f'cannot be read ({e})') from None
     try: yield raw
     finally: raw.close()

@@ -49,6 +49,7 @@ def bad_files(tmp_path):
     Image.fromarray(np.zeros((32,32,3), np.uint8)).save(d/'photo.jpg'); (d/'photo.jpg').rename(d/'photo.NEF')
     good = sample_dng('coffee','RGGB')
     data = good.read_bytes(); (d/'truncated.dng').write_bytes(data[:len(data)//3])
+    (d/'notes.dng').write_text('exposure 1/30 s, ISO 3200\n'*20)
     (d/'folder.ARW').mkdir()
     return d, good
 
@@ -71,6 +72,7 @@ def test_info_bad_inputs_one_line_each(bad_files):
     assert reasons['missing.NEF'].endswith('no such file')
     assert 'directory' in reasons['folder.ARW']
     assert 'truncated or corrupt' in reasons['truncated.dng']
+    assert reasons['notes.dng'].endswith('notes.dng: not a RAW file (it is text)')
     assert 'not a RAW file' in reasons['photo.NEF'] and 'not a RAW file' in reasons['random.CR2']
 
 @pytest.mark.skipif(data_dir('raw/edge-cases') is None, reason='real edge-case files are not available ($DARKNB_DATA)')
