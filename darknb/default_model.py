@@ -6,12 +6,12 @@ Docs: https://darknb.github.io/darknb/default_model.html.md"""
 
 # %% ../nbs/07b_default_model.ipynb #e636eccc
 from __future__ import annotations
-import json, os
+import json
 from pathlib import Path
 import numpy as np
 import torch
 
-from .raw import (DarknbError, data_dir, sample_scene, make_sample_dng, write_dng, read_mosaic, pack_mosaic)
+from .raw import (data_dir, sample_scene, photo_array, make_sample_dng, write_dng, read_mosaic, pack_mosaic)
 from .noise import unprocess, add_noise, SONY_A7S2
 from .unet import load_model, save_model
 from .restore import default_model_path
@@ -35,9 +35,7 @@ def training_photo(name:str # a scene of `darknb.raw.SCENES` or a photo of `EXTR
     "A photo that ships with scikit-image as H x W x 3 float32 sRGB in [0, 1] (grey ones in three equal channels), cropped to even size."
     if name not in EXTRA_PHOTOS: return sample_scene(name)
     import skimage.data
-    img = getattr(skimage.data, name)()
-    img = np.repeat(img[..., None], 3, -1) if img.ndim==2 else img[..., :3]
-    return (img.astype(np.float32)/255)[:img.shape[0]//6*6, :img.shape[1]//6*6]
+    return photo_array(getattr(skimage.data, name)())
 
 def unprocessed_dng(path, scene:str, rng:np.random.Generator, overwrite:bool=False)->Path:
     "Write the photo `scene` (see `training_photo`) unprocessed (Brooks et al.) into the RAW file of a random virtual camera, as a DNG."

@@ -6,15 +6,15 @@ Docs: https://darknb.github.io/darknb/raw.html.md"""
 
 # %% ../nbs/00_raw.ipynb #ffe5d247
 from __future__ import annotations
-import os, sys, json, math, struct, tempfile, contextlib
-from dataclasses import dataclass, asdict, field
+import os, sys, math, struct, tempfile, contextlib
+from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
 import numpy as np
 import rawpy, tifffile
 
 # %% auto #0
-__all__ = ['SCENES', 'XTRANS_PATTERN', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'sample_scene', 'srgb_gamma',
+__all__ = ['SCENES', 'XTRANS_PATTERN', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'sample_scene', 'photo_array', 'srgb_gamma',
            'srgb_to_linear', 'pattern_from_str', 'cfa_kind', 'colorize_mosaic', 'srgb_from_camera',
            'pick_white_balance', 'mosaic_from_srgb', 'atomic_path', 'write_dng', 'cache_dir', 'make_sample_dng',
            'sample_dng', 'sample_raw_files', 'DarknbError', 'RawError', 'data_dir', 'real_raw_files',
@@ -29,9 +29,13 @@ def sample_scene(name:str='coffee')->np.ndarray:
     "An sRGB photo that ships with scikit-image (no download) as H x W x 3 float32 in [0, 1], cropped to even size."
     import skimage.data
     if name not in SCENES: raise ValueError(f'unknown scene {name!r}; choose one of {SCENES}')
-    img = skimage.data.stereo_motorcycle()[0] if name=='motorcycle' else getattr(skimage.data, name)()
-    img = img[..., :3].astype(np.float32)/255
-    return img[:img.shape[0]//6*6, :img.shape[1]//6*6]
+    return photo_array(skimage.data.stereo_motorcycle()[0] if name=='motorcycle' else getattr(skimage.data, name)())
+
+def photo_array(img:np.ndarray # 8-bit photo: H x W (grey), H x W x 3 or H x W x 4
+               )->np.ndarray:
+    "An 8-bit photo as H x W x 3 float32 sRGB in [0, 1] (grey in three equal channels), cropped to a multiple of 6 (whole Bayer and X-Trans tiles)."
+    img = np.repeat(img[..., None], 3, -1) if img.ndim==2 else img[..., :3]
+    return (img.astype(np.float32)/255)[:img.shape[0]//6*6, :img.shape[1]//6*6]
 
 # %% ../nbs/00_raw.ipynb #c85fe3f4
 def srgb_gamma(x:np.ndarray)->np.ndarray:

@@ -6,7 +6,7 @@ Docs: https://darknb.github.io/darknb/restore.html.md"""
 
 # %% ../nbs/08_restore.ipynb #986ebf63
 from __future__ import annotations
-import math, os, sys, time, warnings, contextlib, tempfile
+import math, sys, time, warnings, contextlib, tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from torch import Tensor
 from .raw import (DarknbError, RawError, RawInfo, RAW_EXTS, describe, open_raw, raw_mosaic, normalize, black_map,
                         pack_mosaic, unpack_mosaic, render_mosaic, libraw_render, write_dng, atomic_path)
 from .noise import cam_xyz_matrix
-from .unet import (ModelError, CFA_PACKING, cfa_packing, load_model, in_channels, model_task, pad_to_multiple)
+from .unet import (CFA_PACKING, cfa_packing, load_model, in_channels, model_task, pad_to_multiple)
 
 # %% auto #0
 __all__ = ['MEAN_TARGET', 'HIGH_TARGET', 'FORMATS', 'tile_grid', 'blend_ramp', 'tiled_apply', 'unet_reach', 'context_margin',
@@ -253,13 +253,17 @@ def to_uint16(rgb:np.ndarray)->np.ndarray:
     "An image in [0, 1] as 16-bit integers."
     return np.round(np.clip(rgb, 0, 1)*65535).astype(np.uint16)
 
+def _rgb16(rgb:np.ndarray)->np.ndarray:
+    "An H x W x 3 image in [0, 1] as 16-bit integers; a `ValueError` for any other shape."
+    if np.ndim(rgb)!=3 or np.shape(rgb)[2]!=3: raise ValueError(f'expected an H x W x 3 image, got shape {np.shape(rgb)}')
+    return to_uint16(rgb)
+
 def write_png16(path, # where to write (refused if it exists unless `overwrite`)
                 rgb:np.ndarray, # H x W x 3 sRGB image in [0, 1]
                 overwrite:bool=False)->Path:
     "Write a 16-bit sRGB PNG, atomically."
     import png
-    a = to_uint16(rgb)
-    if a.ndim!=3 or a.shape[2]!=3: raise ValueError(f'expected an H x W x 3 image, got shape {rgb.shape}')
+    a = _rgb16(rgb)
     with atomic_path(path, overwrite) as tmp, open(tmp, 'wb') as f:
         png.Writer(a.shape[1], a.shape[0], greyscale=False, bitdepth=16, compression=6).write(f, a.reshape(a.shape[0], -1))
     return Path(path)
@@ -269,8 +273,7 @@ def write_tiff16(path, # where to write (refused if it exists unless `overwrite`
                  overwrite:bool=False)->Path:
     "Write a 16-bit sRGB TIFF (deflate-compressed), atomically."
     import tifffile
-    a = to_uint16(rgb)
-    if a.ndim!=3 or a.shape[2]!=3: raise ValueError(f'expected an H x W x 3 image, got shape {rgb.shape}')
+    a = _rgb16(rgb)
     with atomic_path(path, overwrite) as tmp:
         tifffile.imwrite(tmp, a, photometric='rgb', compression='zlib', software='darknb', metadata=None)
     return Path(path)

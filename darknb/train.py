@@ -25,10 +25,10 @@ from fastai.optimizer import Adam
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', FutureWarning)
     from fastai.callback.channelslast import ChannelsLast
-from .raw import DarknbError, RawError, RAW_EXTS, atomic_path, sample_raw_files, example_raw_files
+from .raw import DarknbError, RAW_EXTS, atomic_path, sample_raw_files, example_raw_files
 from .sid import RawCache, SIDDataset, SyntheticPairs, sid_pairs, mini_sid, packed_preview, TASKS
 from .unet import ARCHS, build_model, model_task, in_channels, param_count, save_model
-from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr, ssim
+from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr
 
 # %% auto #0
 __all__ = ['SOURCES', 'DEFAULT_ARCH', 'LOSSES', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TRAIN_DEFAULTS', 'RUN_FILES', 'TrainError',

@@ -12,7 +12,7 @@ __all__ = ['CFA_PACKING', 'ARCHS', 'MODEL_FORMAT', 'MODEL_VERSION', 'conv3x3', '
            'model_task', 'save_model', 'load_model']
 
 # %% ../nbs/05_unet.ipynb #062eda2d
-import math, time, warnings
+import time, warnings
 from functools import partial
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
