@@ -6,21 +6,22 @@ Docs: https://darknb.github.io/darknb/raw.html.md"""
 
 # %% ../nbs/00_raw.ipynb #ffe5d247
 from __future__ import annotations
-import os, sys, math, struct, tempfile, contextlib
+import os, io, math, struct, contextlib
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
 import numpy as np
 import rawpy, tifffile
+from .core import DarknbError, atomic_path, cache_dir, data_dir, quiet_stderr, check_shape
 
 # %% auto #0
-__all__ = ['SCENES', 'XTRANS_PATTERN', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'sample_scene', 'photo_array', 'srgb_gamma',
-           'srgb_to_linear', 'pattern_from_str', 'cfa_kind', 'colorize_mosaic', 'srgb_from_camera',
-           'pick_white_balance', 'mosaic_from_srgb', 'atomic_path', 'write_dng', 'cache_dir', 'make_sample_dng',
-           'sample_dng', 'sample_raw_files', 'DarknbError', 'RawError', 'data_dir', 'real_raw_files',
-           'example_raw_files', 'open_raw', 'RawInfo', 'describe', 'camera_name', 'file_credit', 'raw_mosaic',
-           'black_map', 'normalize', 'read_mosaic', 'pack_mosaic', 'unpack_mosaic', 'pack_raw', 'demosaic_bilinear',
-           'render_mosaic', 'render', 'libraw_render', 'raw_vs_jpg', 'plot_raw_vs_jpg']
+__all__ = ['SCENES', 'XTRANS_PATTERN', 'RGB_OF_INDEX', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'BYTES_NAME',
+           'MOSAIC_KINDS', 'sample_scene', 'photo_array', 'srgb_gamma', 'srgb_to_linear', 'pattern_from_str',
+           'cfa_kind', 'cfa_map', 'colorize_mosaic', 'srgb_from_camera', 'pick_white_balance', 'mosaic_from_srgb',
+           'write_dng', 'make_sample_dng', 'sample_dng', 'sample_raw_files', 'RawError', 'real_raw_files',
+           'example_raw_files', 'open_raw', 'RawInfo', 'raw_info', 'describe', 'camera_name', 'cam_xyz_matrix',
+           'file_credit', 'raw_mosaic', 'black_map', 'normalize', 'read_mosaic', 'pack_mosaic', 'unpack_mosaic',
+           'pack_raw', 'demosaic_bilinear', 'render_mosaic', 'render', 'libraw_render', 'raw_vs_jpg', 'plot_raw_vs_jpg']
 
 # %% ../nbs/00_raw.ipynb #7a07d4ea
 SCENES = ('coffee', 'chelsea', 'astronaut', 'rocket', 'motorcycle', 'colorwheel')
@@ -73,15 +74,26 @@ def cfa_kind(pattern:np.ndarray|None, desc:str='RGBG')->str:
 XTRANS_PATTERN = np.array([[1,1,0,1,1,2],[1,1,2,1,1,0],[2,0,1,0,2,1],
                            [1,1,2,1,1,0],[1,1,0,1,1,2],[0,2,1,2,0,1]])  # a Fuji X-Trans tile (0 R, 1 G, 2 B)
 
+# %% ../nbs/00_raw.ipynb #6021e7cb
+def cfa_map(pattern:np.ndarray, # tile of colour indices (2x2 Bayer or 6x6 X-Trans), top-left at the image's top-left
+            shape:tuple, # (H, W) of the image
+            values=None # one value per colour index (R, G, B, G2), e.g. black levels; None: the indices themselves
+           )->np.ndarray:
+    "The tile `pattern` repeated over an H x W image, as colour indices or as `values[index]`."
+    tile = np.asarray(pattern) if values is None else np.asarray(values)[np.asarray(pattern)]
+    th,tw = tile.shape
+    return np.tile(tile, (-(-shape[0]//th), -(-shape[1]//tw)))[:shape[0], :shape[1]]
+
+RGB_OF_INDEX = (0, 1, 2, 1)  # the display colour of each colour index: G2 is green
+
 # %% ../nbs/00_raw.ipynb #a3c8f278
 def colorize_mosaic(x:np.ndarray, # H x W mosaic whose top-left photosite is the top-left of `pattern`
                     pattern:np.ndarray, # tile of colour indices (0 R, 1 G, 2 B, 3 G2): 2x2 Bayer or 6x6 X-Trans
                    )->np.ndarray:
     "A mosaic as the sensor sees it: each photosite's value in the colour of its filter. H x W x 3 float32."
-    p = np.asarray(pattern); H,W = x.shape
-    idx = np.tile(np.where(p==3, 1, p), (-(-H//p.shape[0]), -(-W//p.shape[1])))[:H,:W]
+    H,W = x.shape
     out = np.zeros((H,W,3), dtype=np.float32)
-    np.put_along_axis(out, idx[...,None], np.asarray(x, dtype=np.float32)[...,None], axis=2)
+    np.put_along_axis(out, cfa_map(pattern, (H,W), RGB_OF_INDEX)[...,None], np.asarray(x, dtype=np.float32)[...,None], axis=2)
     return out
 
 # %% ../nbs/00_raw.ipynb #c06fb3c2
@@ -135,8 +147,7 @@ def mosaic_from_srgb(img:np.ndarray, # H x W x 3 sRGB image in [0, 1]
     cam = lin @ np.linalg.inv(srgb_from_camera(rgb_xyz_matrix)).T / np.asarray(wb, dtype=float)[:3]
     cam = np.clip(cam*exposure, 0, 1)
     H,W = cam.shape[:2]
-    idx = np.tile(np.where(np.asarray(pattern)==3, 1, pattern), (H//2+1, W//2+1))[:H,:W]
-    m = np.take_along_axis(cam, idx[...,None], axis=2)[...,0]
+    m = np.take_along_axis(cam, cfa_map(pattern, (H,W), RGB_OF_INDEX)[...,None], axis=2)[...,0]
     return np.round(black + m*(white-black)).astype(np.uint16)
 
 # %% ../nbs/00_raw.ipynb #0a816313
@@ -176,20 +187,6 @@ def _exif_ifd(entries:list, base:int)->bytes:
 _ORIENTATION_FROM_FLIP = {0:1, 1:2, 3:3, 2:4, 4:5, 6:6, 7:7, 5:8}
 
 _EXIF_PLACEHOLDER = 34664  # sorts where the EXIF IFD pointer (34665) belongs
-
-@contextlib.contextmanager
-def atomic_path(path, overwrite:bool=False):
-    "Yield a temporary name beside `path`; rename it to `path` only if the block succeeds. Never overwrites unless asked."
-    path = Path(path)
-    if path.exists() and not overwrite: raise FileExistsError(f'{path}: already exists (not overwritten)')
-    fd,tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.darknb-tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if path.exists() and not overwrite: raise FileExistsError(f'{path}: already exists (not overwritten)')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
 
 def write_dng(path, # where to write; refused if it exists unless `overwrite`
               mosaic:np.ndarray, # H x W uint16 mosaic as the sensor gave it (black level included)
@@ -238,12 +235,6 @@ def write_dng(path, # where to write; refused if it exists unless `overwrite`
     return path
 
 # %% ../nbs/00_raw.ipynb #1ac738b4
-def cache_dir()->Path:
-    "Folder for generated files: `$DARKNB_CACHE`, else `~/.cache/darknb`."
-    d = Path(os.environ.get('DARKNB_CACHE') or Path.home()/'.cache'/'darknb')
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
 def make_sample_dng(path, scene:str='coffee', pattern:str='RGGB', exposure:float=1.0, iso:int=100,
                     exposure_time:float=0.1, overwrite:bool=False)->Path:
     "Write a DNG of a generated RAW photo of `scene` (see `mosaic_from_srgb`)."
@@ -265,30 +256,8 @@ def sample_raw_files()->list[Path]:
     return [sample_dng(s, p) for s,p in zip(SCENES[:4], ('RGGB','BGGR','GRBG','GBRG'))]
 
 # %% ../nbs/00_raw.ipynb #c294270f
-class DarknbError(Exception):
-    "Base of every error `darknb` raises for bad input: its message is one line that names the file and the problem."
-
 class RawError(DarknbError):
     "A file that cannot be used as a RAW photo."
-    def __init__(self, path, reason:str):
-        self.path,self.reason = Path(path),reason
-        super().__init__(f"{path}: {reason}")
-
-# %% ../nbs/00_raw.ipynb #d3f805cc
-def _project_root()->Path:
-    "The project folder: the parent of the package, or of `nbs/` when this runs inside the notebook."
-    try: return Path(__file__).resolve().parents[1]
-    except NameError: return Path.cwd().resolve().parent
-
-def data_dir(sub:str|None=None # A sub-folder such as 'raw' or 'flea3'
-            )->Path|None:
-    "Folder of real test data: `$DARKNB_DATA`, else `../shared/data` beside the project; `None` when absent."
-    env = os.environ.get('DARKNB_DATA')
-    cands = [Path(env).expanduser()] if env else [_project_root().parent/'shared'/'data']
-    for c in cands:
-        p = c/sub if sub else c
-        if p.exists(): return p
-    return None
 
 # %% ../nbs/00_raw.ipynb #3987299b
 RAW_EXTS = {'.3fr','.ari','.arw','.bay','.cr2','.cr3','.crw','.dcr','.dng','.erf','.fff','.iiq','.k25','.kdc','.mef',
@@ -304,21 +273,6 @@ def example_raw_files()->list[Path]:
     "Real RAW files from `data_dir('raw')` when present, the generated samples otherwise."
     return real_raw_files() or sample_raw_files()
 
-# %% ../nbs/00_raw.ipynb #2fb239f2
-@contextlib.contextmanager
-def _quiet_stderr():
-    "Silence what C libraries (LibRaw) print on file descriptor 2 while the block runs."
-    try: fd = sys.stderr.fileno()
-    except Exception: yield; return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    try:
-        with open(os.devnull, 'w') as null:
-            os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        os.dup2(saved, fd); os.close(saved)
-
 # %% ../nbs/00_raw.ipynb #4070f5d3
 def _check_file(path)->Path:
     path = Path(path)
@@ -327,9 +281,8 @@ def _check_file(path)->Path:
     if path.stat().st_size == 0: raise RawError(path, 'empty file')
     return path
 
-def _is_text(path, n:int=512)->bool:
-    "True when the first `n` bytes of `path` are all printable ASCII (no RAW format starts like that)."
-    with open(path, 'rb') as f: head = f.read(n)
+def _is_text(head:bytes)->bool:
+    "True when `head` (a file's first bytes) is all printable ASCII: no RAW format starts like that."
     return bool(head) and all(32<=b<127 or b in (9, 10, 13) for b in head)
 
 def _libraw_reason(e:Exception)->str:
@@ -339,16 +292,24 @@ def _libraw_reason(e:Exception)->str:
     msg = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
     return f'LibRaw cannot read it ({msg})'
 
+BYTES_NAME = '<bytes>'  # how errors name a RAW file given as bytes
+
 @contextlib.contextmanager
-def open_raw(path # A RAW file LibRaw reads
+def open_raw(path # A RAW file LibRaw reads, or its contents as `bytes`
             ):
     "Open `path` with rawpy and unpack its data; any failure becomes a `RawError` naming the file."
-    path = _check_file(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data = bytes(path); path = BYTES_NAME
+        if not data: raise RawError(path, 'empty file')
+        src,head = io.BytesIO(data),data[:512]
+    else:
+        path = _check_file(path); src = str(path)
+        with open(path, 'rb') as f: head = f.read(512)
     try:
-        with _quiet_stderr():
-            raw = rawpy.imread(str(path))
+        with quiet_stderr():
+            raw = rawpy.imread(src)
             raw.raw_image  # decodes the data: truncated files fail here, not later
-    except rawpy.LibRawError as e: raise RawError(path, 'not a RAW file (it is text)' if _is_text(path) else _libraw_reason(e)) from None
+    except rawpy.LibRawError as e: raise RawError(path, 'not a RAW file (it is text)' if _is_text(head) else _libraw_reason(e)) from None
     except (OSError, ValueError) as e: raise RawError(path, f'cannot be read ({e})') from None
     try: yield raw
     finally: raw.close()
@@ -387,28 +348,32 @@ def _mat(m)->list|None:
     m = np.asarray(m, dtype=float)[:3,:3]
     return None if not np.any(m) else m.round(6).tolist()
 
-def describe(path # A RAW file LibRaw reads
+def raw_info(raw, # an open rawpy file (see `open_raw`)
+             path # where it came from: a path, or the bytes it was read from
+            )->RawInfo:
+    "The `RawInfo` of an open rawpy file."
+    desc = raw.color_desc.decode()
+    pat = None if raw.raw_type!=rawpy.RawType.Flat else raw.raw_pattern
+    kind = cfa_kind(pat, desc)
+    wb,src = pick_white_balance(raw.camera_whitebalance, raw.daylight_whitebalance)
+    s,o = raw.sizes,raw.other
+    make,model = camera_name(path)
+    return RawInfo(
+        path=BYTES_NAME if isinstance(path, (bytes, bytearray, memoryview)) else str(path), make=make, model=model, cfa=kind,
+        pattern=None if pat is None else _pattern_str(pat, desc),
+        raw_pattern=None if pat is None else pat.tolist(),
+        black_levels=[int(b) for b in raw.black_level_per_channel], white_level=int(raw.white_level),
+        bit_depth=int(max(1, math.ceil(math.log2(raw.white_level+1)))),
+        width=int(s.width), height=int(s.height), raw_width=int(s.raw_width), raw_height=int(s.raw_height),
+        camera_wb=[float(w) for w in raw.camera_whitebalance], daylight_wb=[float(w) for w in raw.daylight_whitebalance],
+        wb=wb, wb_source=src, rgb_xyz_matrix=_mat(raw.rgb_xyz_matrix), color_matrix=_mat(raw.color_matrix),
+        exposure_time=float(o.shutter_speed) if o.shutter_speed>0 else None,
+        iso=float(o.iso_speed) if o.iso_speed>0 else None, orientation=int(s.flip))
+
+def describe(path # A RAW file LibRaw reads (or its bytes)
             )->RawInfo:
     "Describe the RAW file at `path`: camera, mosaic, levels, white balance, colour matrix, exposure."
-    with open_raw(path) as raw:
-        desc = raw.color_desc.decode()
-        pat = None if raw.raw_type!=rawpy.RawType.Flat else raw.raw_pattern
-        kind = cfa_kind(pat, desc)
-        wb,src = pick_white_balance(raw.camera_whitebalance, raw.daylight_whitebalance)
-        s = raw.sizes
-        o = raw.other
-        make,model = camera_name(path)
-        return RawInfo(
-            path=str(path), make=make, model=model, cfa=kind,
-            pattern=None if pat is None else _pattern_str(pat, desc),
-            raw_pattern=None if pat is None else pat.tolist(),
-            black_levels=[int(b) for b in raw.black_level_per_channel], white_level=int(raw.white_level),
-            bit_depth=int(max(1, math.ceil(math.log2(raw.white_level+1)))),
-            width=int(s.width), height=int(s.height), raw_width=int(s.raw_width), raw_height=int(s.raw_height),
-            camera_wb=[float(w) for w in raw.camera_whitebalance], daylight_wb=[float(w) for w in raw.daylight_whitebalance],
-            wb=wb, wb_source=src, rgb_xyz_matrix=_mat(raw.rgb_xyz_matrix), color_matrix=_mat(raw.color_matrix),
-            exposure_time=float(o.shutter_speed) if o.shutter_speed>0 else None,
-            iso=float(o.iso_speed) if o.iso_speed>0 else None, orientation=int(s.flip))
+    with open_raw(path) as raw: return raw_info(raw, path)
 
 # %% ../nbs/00_raw.ipynb #5cffb3c4
 import ctypes
@@ -421,22 +386,34 @@ def _libraw_lib():
     lib = ctypes.CDLL(str(Path(rawpy.__file__).parent/'libraw_r.so'))
     lib.libraw_init.restype,lib.libraw_init.argtypes = ctypes.c_void_p,[ctypes.c_uint]
     lib.libraw_open_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.libraw_open_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     lib.libraw_get_iparams.restype,lib.libraw_get_iparams.argtypes = ctypes.c_void_p,[ctypes.c_void_p]
     lib.libraw_close.argtypes = [ctypes.c_void_p]
     return lib
 
-def camera_name(path)->tuple[str,str]:
+def camera_name(path # a RAW file, or its bytes
+               )->tuple[str,str]:
     "Camera make and model as LibRaw reads them (rawpy has no accessor for them); empty strings if unknown."
     try:
         lib = _libraw_lib()
         h = lib.libraw_init(0)
         try:
-            with _quiet_stderr(): rc = lib.libraw_open_file(h, os.fsencode(path))
+            with quiet_stderr():  # only the header is parsed: no pixel data is decoded
+                if isinstance(path, (bytes, bytearray, memoryview)): data = bytes(path); rc = lib.libraw_open_buffer(h, data, len(data))
+                else: rc = lib.libraw_open_file(h, os.fsencode(path))
             if rc!=0: return '',''
             p = _IParams.from_address(lib.libraw_get_iparams(h))
             return p.make.decode(errors='replace'), p.model.decode(errors='replace')
         finally: lib.libraw_close(h)
     except (OSError, AttributeError): return '',''
+
+# %% ../nbs/00_raw.ipynb #1cc5a82a
+def cam_xyz_matrix(info:RawInfo # from `describe`
+                  )->np.ndarray|None:
+    "Camera-from-XYZ matrix to write into a DNG made from a described file: its own, or (a DNG, for which LibRaw reports only camera-to-sRGB) one that gives the same colours."
+    if info.rgb_xyz_matrix is not None: return np.asarray(info.rgb_xyz_matrix)
+    if info.color_matrix is None: return None
+    return np.linalg.inv(np.asarray(info.color_matrix)) @ np.linalg.inv(XYZ_FROM_SRGB)
 
 # %% ../nbs/00_raw.ipynb #ce399e15
 _CREDITS = {
@@ -465,10 +442,8 @@ def raw_mosaic(raw)->np.ndarray:
     return raw.raw_image_visible.copy()
 
 def black_map(pattern:np.ndarray, black_levels, shape)->np.ndarray:
-    "Per-pixel black level of a mosaic of `shape` whose tile of colour indices is `pattern`."
-    tile = np.asarray(black_levels, dtype=np.float32)[np.asarray(pattern)]
-    th,tw = tile.shape
-    return np.tile(tile, (-(-shape[0]//th), -(-shape[1]//tw)))[:shape[0],:shape[1]]
+    "Per-pixel black level (float32) of a mosaic of `shape` whose tile of colour indices is `pattern`."
+    return cfa_map(pattern, shape, np.asarray(black_levels, dtype=np.float32))
 
 def normalize(mosaic:np.ndarray, # RAW values as stored (uint16)
               pattern:np.ndarray, # tile of colour indices (LibRaw's `raw_pattern`)
@@ -481,15 +456,27 @@ def normalize(mosaic:np.ndarray, # RAW values as stored (uint16)
     return np.clip(x, 0, 1) if clip else x
 
 # %% ../nbs/00_raw.ipynb #b1710a25
-def read_mosaic(path, # A Bayer or X-Trans RAW file
-                normalized:bool=True # scale to [0, 1] with the file's black and white levels (else uint16 as stored)
+MOSAIC_KINDS = {'bayer': 'Bayer', 'xtrans': 'X-Trans'}  # the mosaics `darknb` reads, by `RawInfo.cfa`
+
+def _not_a_mosaic(info:RawInfo, kinds)->str:
+    "Why a file of `info` is refused by a reader of `kinds`: one wording for every reader."
+    want = ' or '.join(MOSAIC_KINDS[k] for k in kinds)
+    what = (f'it is an {MOSAIC_KINDS[info.cfa]} mosaic' if info.cfa in MOSAIC_KINDS else
+            'LibRaw gives already demosaiced colour planes' if info.pattern is None else f'a mosaic of {info.pattern} filters')
+    return f'not a {want} mosaic ({what})'
+
+def read_mosaic(path, # A RAW file (or its bytes)
+                kinds:tuple=('bayer', 'xtrans'), # the mosaics the caller can use (keys of `MOSAIC_KINDS`)
+                normalized:bool=True, # scale to [0, 1] with the file's black and white levels (else uint16 as stored)
+                clip:bool=True # with `normalized`: clip to [0, 1] (False keeps the noise below black)
                )->tuple[np.ndarray,RawInfo]:
-    "The visible mosaic of the RAW file at `path` and its `RawInfo`; `RawError` for files that are not mosaics."
-    info = describe(path)
-    if info.cfa=='none': raise RawError(path, 'not a Bayer or X-Trans mosaic (LibRaw gives already demosaiced colour planes)')
-    with open_raw(path) as raw: m = raw_mosaic(raw)
+    "The visible mosaic of the RAW file at `path` and its `RawInfo`; a `RawError` for a file that is not one of `kinds`."
+    with open_raw(path) as raw:
+        info = raw_info(raw, path)
+        if info.cfa not in kinds: raise RawError(info.path, _not_a_mosaic(info, kinds))
+        m = raw_mosaic(raw)
     if not normalized: return m, info
-    return normalize(m, np.asarray(info.raw_pattern), info.black_levels, info.white_level), info
+    return normalize(m, np.asarray(info.raw_pattern), info.black_levels, info.white_level, clip), info
 
 # %% ../nbs/00_raw.ipynb #49d6313c
 def _nearest_quarter_slots(pos:np.ndarray)->list:
@@ -563,8 +550,7 @@ def demosaic_bilinear(mosaic:np.ndarray, # normalised H x W Bayer mosaic
     "Simplest demosaic: each missing colour is the average of its nearest neighbours of that colour. H x W x 3."
     from scipy.ndimage import convolve
     H,W = mosaic.shape
-    idx = np.tile(np.asarray(pattern), (H//2+1, W//2+1))[:H,:W]
-    idx = np.where(idx==3, 1, idx)
+    idx = cfa_map(pattern, (H,W), RGB_OF_INDEX)
     k = np.array([[1,2,1],[2,4,2],[1,2,1]], dtype=np.float32)/4
     out = np.empty((H,W,3), dtype=np.float32)
     for c in range(3):
@@ -581,8 +567,7 @@ def render_mosaic(x:np.ndarray, # normalised H x W Bayer mosaic in [0, 1]
                   gamma:bool=True)->np.ndarray:
     "Camera pipeline: white balance, demosaic, camera colour to sRGB, exposure, sRGB gamma. H x W x 3 float32 in [0, 1]."
     wbm = np.asarray(wb, dtype=np.float32)[:3]/np.float32(wb[1])
-    gains = np.append(wbm, wbm[1])[np.asarray(pattern)]
-    x = np.minimum(x*np.tile(gains, (x.shape[0]//2+1, x.shape[1]//2+1))[:x.shape[0],:x.shape[1]], 1)
+    x = np.minimum(x*cfa_map(pattern, x.shape, np.append(wbm, wbm[1])), 1)
     rgb = demosaic_bilinear(x, pattern) @ srgb_from_camera(rgb_xyz_matrix, color_matrix).T.astype(np.float32)
     rgb = np.clip(rgb*exposure, 0, 1)
     return (srgb_gamma(rgb) if gamma else rgb).astype(np.float32)
@@ -590,11 +575,8 @@ def render_mosaic(x:np.ndarray, # normalised H x W Bayer mosaic in [0, 1]
 # %% ../nbs/00_raw.ipynb #d6b6476a
 def render(path, exposure:float=1.0, half:bool=False)->np.ndarray:
     "Render the Bayer RAW file at `path` for display with `darknb`'s own pipeline (`render_mosaic`)."
-    with open_raw(path) as raw:
-        info = describe(path)
-        if info.cfa!='bayer': raise RawError(path, f'not a Bayer mosaic (mosaic type: {info.cfa})')
-        pat = np.asarray(info.raw_pattern)
-        x = normalize(raw_mosaic(raw), pat, info.black_levels, info.white_level)
+    x,info = read_mosaic(path, kinds=('bayer',))
+    pat = np.asarray(info.raw_pattern)
     if half:  # quick look: one pixel per 2x2 tile, averaged greens
         p = pack_mosaic(x, pat); x = np.stack([p[0], (p[1]+p[3])/2, p[2]])
         return _render_rgb(x.transpose(1,2,0), info, exposure)
