@@ -13,8 +13,7 @@ import torch
 
 from .raw import (data_dir, sample_scene, photo_array, make_sample_dng, write_dng, read_mosaic, pack_mosaic)
 from .noise import unprocess, add_noise, SONY_A7S2
-from .unet import load_model, save_model
-from .restore import default_model_path
+from .unet import load_model, save_model, default_model_path
 
 # %% auto #0
 __all__ = ['TRAIN_SCENES', 'EXTRA_PHOTOS', 'HELD_OUT_SCENES', 'TRAIN_CAMERAS', 'HELD_OUT_CAMERAS', 'training_photo',

@@ -11,23 +11,21 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
-from .raw import (DarknbError, RAW_EXTS, data_dir, open_raw, describe, raw_mosaic, black_map, atomic_path,
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, data_dir, to_plain, command, number, one_of
+from .raw import (RAW_EXTS, read_mosaic, black_map, cfa_map, RGB_OF_INDEX, XYZ_FROM_SRGB, cam_xyz_matrix,
                         write_dng, pattern_from_str)
 
 # %% auto #0
-__all__ = ['TIFF_EXTS', 'PROFILE_KEYS', 'SONY_A7S2', 'CHANNELS', 'UNPROCESS_CAM_XYZ', 'NoiseError', 'read_frame', 'flea3_series',
-           'torch_generator', 'tukey_lambda_var', 'tukey_lambda_quantile', 'sample_tukey_lambda', 'NoiseProfile',
-           'add_noise', 'poisson_gaussian', 'CameraNoiseModel', 'random_profile', 'simulate_series',
+__all__ = ['TIFF_EXTS', 'PROFILE_KEYS', 'SONY_A7S2', 'CAMERAS', 'CHANNELS', 'UNPROCESS_CAM_XYZ', 'NoiseError', 'read_frame',
+           'flea3_series', 'torch_generator', 'tukey_lambda_var', 'tukey_lambda_quantile', 'sample_tukey_lambda',
+           'NoiseProfile', 'add_noise', 'poisson_gaussian', 'CameraNoiseModel', 'random_profile', 'simulate_series',
            'mean_variance_points', 'fit_mean_variance', 'fit_photon_transfer', 'fit_tukey_lambda', 'dark_stats',
-           'calibrate', 'calibrate_cmd', 'synth_dark', 'cam_xyz_matrix', 'synth_cmd', 'random_cam_xyz',
-           'inverse_smoothstep', 'unprocess', 'random_noise_levels']
+           'calibrate', 'calibrate_cmd', 'synth_dark', 'synth_cmd', 'random_cam_xyz', 'inverse_smoothstep', 'unprocess',
+           'random_noise_levels']
 
 # %% ../nbs/02_noise.ipynb #7a3221e4
 class NoiseError(DarknbError):
     "A noise profile or a set of calibration frames that cannot be used."
-    def __init__(self, what, reason:str):
-        self.path,self.reason = what,reason
-        super().__init__(f'{what}: {reason}')
 
 # %% ../nbs/02_noise.ipynb #2f77e3e6
 TIFF_EXTS = {'.tif', '.tiff'}
@@ -55,9 +53,7 @@ def read_frame(path, # a TIFF mosaic (read with tifffile) or a RAW file LibRaw r
         return a, dict(path=str(path), pattern=pat, pattern_known=pattern is not None,
                        white=int(np.iinfo(a.dtype).max), black=None, exposure_time=t_name)
     if path.suffix.lower() in RAW_EXTS:
-        info = describe(path)
-        if info.cfa!='bayer': raise NoiseError(path, f'not a Bayer mosaic (mosaic type: {info.cfa})')
-        with open_raw(path) as raw: a = raw_mosaic(raw)
+        a,info = read_mosaic(path, kinds=('bayer',), normalized=False)  # calibration needs 2x2 tiles
         return a, dict(path=str(path), pattern=np.asarray(info.raw_pattern), pattern_known=True, white=info.white_level,
                        black=info.black_levels, exposure_time=info.exposure_time or t_name)
     raise NoiseError(path, f'unknown frame type {path.suffix!r} (expected a TIFF or a RAW file)')
@@ -152,7 +148,7 @@ class NoiseProfile:
 
     def to_json(self, path=None, overwrite:bool=False)->str:
         "The profile as JSON text; also written to `path` (atomically, never over an existing file unless `overwrite`)."
-        txt = json.dumps(_jsonable(asdict(self)), indent=1)
+        txt = json.dumps(to_plain(asdict(self), finite=True), indent=1)
         if path is not None:
             with atomic_path(path, overwrite) as tmp: Path(tmp).write_text(txt)
         return txt
@@ -188,16 +184,6 @@ class NoiseProfile:
         except (ValueError, UnicodeDecodeError) as e: raise NoiseError(path, f'not valid JSON ({e})') from None
         return cls.from_dict(d, path)
 
-def _jsonable(o):
-    "Plain Python (JSON-ready) copy of `o`: numpy scalars and arrays become floats and lists."
-    if isinstance(o, dict): return {str(k):_jsonable(v) for k,v in o.items()}
-    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray): return _jsonable(o.tolist())
-    if isinstance(o, np.integer): return int(o)
-    if isinstance(o, (float, np.floating)):
-        return None if not math.isfinite(float(o)) else float(o)
-    return o
-
 # %% ../nbs/02_noise.ipynb #fb86c20c
 def _as_tensor(x):
     "`x` as a floating torch tensor, and whether it came as numpy."
@@ -210,7 +196,7 @@ def _row_noise(t:torch.Tensor, scale:float, packed:bool, g)->torch.Tensor:
     "One Gaussian offset per sensor row, broadcastable to `t`."
     if scale==0: return torch.zeros((), dtype=t.dtype, device=t.device)
     if packed:
-        if t.shape[-3]!=4: raise ValueError(f'packed input must have 4 planes (R, G, B, G), got {t.shape[-3]}')
+        check_shape(t, '... 4 H W', 'packed input (planes R, G, B, G)')
         r = torch.randn((*t.shape[:-3], 2, t.shape[-2], 1), generator=g, device=t.device, dtype=t.dtype)*scale
         return r[..., [0,0,1,1], :, :]
     return torch.randn((*t.shape[:-1], 1), generator=g, device=t.device, dtype=t.dtype)*scale
@@ -288,17 +274,42 @@ class CameraNoiseModel:
                             black_level=[self.black_level]*4, white_level=self.white_level)
 
     def __call__(self, iso:float)->NoiseProfile:
-        "The profile at `iso` (on the fitted lines)."
+        "The profile at `iso` (on the fitted lines), in the DN of this camera's own files."
         return self.at_gain(self.k_per_iso*iso, name=f'{self.name} ISO {iso:g}', iso=float(iso))
+
+    @property
+    def span(self)->float:
+        "White minus black of this camera's own files, DN: the full scale its profiles are measured in."
+        return float(self.white_level-self.black_level)
+
+    def to_span(self, profile:NoiseProfile, # a profile in this camera's DN (`self(iso)`, `at_gain`, `random_profile`)
+                span:float|None # white − black of the data it is used on, DN; None: this camera's own
+               )->NoiseProfile:
+        "THE rule for data of another bit depth: the same electrons per full scale, so every DN value is scaled by span / `self.span`."
+        f = 1. if span is None else float(span)/self.span
+        if f==1: return profile
+        p = profile.scaled(f, name=f'{profile.name}, DN x {f:.4g}')
+        p.black_level,p.white_level = None,None  # the camera's levels, not the data's
+        p.notes = [*p.notes, f'{self.name}: DN x {f:.4g} for data with white − black = {span:g} DN (same electrons per full scale)']
+        return p
+
+    def for_span(self, iso:float, # ISO of the frame
+                 span:float|None=None # white − black of the data, DN; None: this camera's own
+                )->NoiseProfile:
+        "The profile at `iso` for data whose white − black is `span` DN (see `to_span`)."
+        return self.to_span(self(iso), span)
 
 SONY_A7S2 = CameraNoiseModel('Sony α7S II (ELD)', k_per_iso=9.6e-4, read_fit=(0.462, 0.566, 0.263),
                              row_fit=(0.528, -0.592, 0.294), lam_ends=(0.11, -0.14), k_range=(0.094, 6.0),
                              black_level=512, white_level=16383)
 
+CAMERAS = {'sony-a7s2': SONY_A7S2}  # camera noise models by the name `--camera` takes
+
 def random_profile(rng=None, # numpy seed or Generator
                    model:CameraNoiseModel=SONY_A7S2, # whose log-linear fits to use
                    k_range:tuple=(0.1, 30.), # log K is drawn uniformly between these
-                   bias_frac:float=0.1 # black offsets ~ N(0, (bias_frac × read std)²) per channel
+                   bias_frac:float=0.1, # black offsets ~ N(0, (bias_frac × read std)²) per channel
+                   span:float|None=None # white − black of the data it is for, DN (`model.to_span`); None: the model's own
                   )->NoiseProfile:
     "A random virtual camera for training (ELD): log K uniform, read and row scales from the fits plus their scatter."
     rng = np.random.default_rng(rng)
@@ -306,7 +317,7 @@ def random_profile(rng=None, # numpy seed or Generator
     p = model.at_gain(K, rng, name=f'virtual camera K={K:.3g}')
     p.tukey_lambda = float(rng.uniform(min(model.lam_ends), max(model.lam_ends)))
     p.black_offset = [float(b) for b in rng.normal(0, bias_frac*p.read_std, 4)]
-    return p
+    return model.to_span(p, span)
 
 # %% ../nbs/02_noise.ipynb #33b62daa
 def simulate_series(profile:NoiseProfile, # the camera (DN of the frames)
@@ -506,7 +517,7 @@ def calibrate(dark_frames:list, # dark (lens-capped) frames, raw DN, same size
     nominal = float(np.round(np.mean(black)))
     return NoiseProfile(K=K, read_scale=math.sqrt(read_var/tukey_lambda_var(lam)), tukey_lambda=lam,
                         row_scale=math.sqrt(row_var), q_step=q_step, black_offset=[b-nominal for b in black],
-                        name=name, black_level=black, white_level=white, notes=notes, fit=_jsonable(fit))
+                        name=name, black_level=black, white_level=white, notes=notes, fit=to_plain(fit, finite=True))
 
 # %% ../nbs/02_noise.ipynb #bcd8868a
 def _read_frames(files:list, pattern:str|None)->tuple[list, dict]:
@@ -518,22 +529,24 @@ def _read_frames(files:list, pattern:str|None)->tuple[list, dict]:
         frames.append(a); metas.append(meta)
     return frames, (metas[0] if metas else {})
 
-def calibrate_cmd(dark_files:list, # dark frames: TIFF mosaics or RAW files
+@command
+def calibrate_cmd(darks:list, # dark (lens-capped) frames: RAW files or TIFF mosaics
+                  *,
                   flats:list|None=None, # frames of a static scene at several exposures (or flat fields)
-                  out:str='profile.json', # where to write the profile
-                  force:bool=False, # overwrite `out` if it exists
-                  pattern:str|None=None, # Bayer phase of TIFF frames ('GBRG', ...); RAW files carry theirs
-                  white:float|None=None, # saturation level of TIFF frames (default: the dtype's maximum)
-                  name:str|None=None)->int:
+                  out:str, # the profile JSON to write
+                  pattern:str|None=None, # Bayer phase of TIFF frames, e.g. 'GBRG' (RAW files carry theirs)
+                  white:number(0, lo_open=True)=None, # saturation level of TIFF frames (default: the data type's maximum)
+                  name:str|None=None, # name recorded in the profile
+                  force:bool=False # overwrite an existing profile
+                 )->int:
     "`darknb calibrate`: measure a noise profile from dark frames (and flats), print it and save it as JSON. Exit code."
-    out = Path(out)
-    if out.exists() and not force: raise FileExistsError(f'{out}: already exists (not overwritten; use --force)')
-    if not dark_files: raise NoiseError('dark frames', 'none given')
-    darks,meta = _read_frames(dark_files, pattern)
+    refuse_existing(out, force=force)
+    if not darks: raise NoiseError('dark frames', 'none given')
+    dk,meta = _read_frames(darks, pattern)
     lights,_ = _read_frames(flats or [], pattern)
-    if lights and lights[0].shape!=darks[0].shape: raise NoiseError(flats[0], 'size differs from the dark frames')
-    prof = calibrate(darks, lights or None, pattern=meta['pattern'], white=white or meta['white'],
-                     name=name or f'calibrated from {Path(dark_files[0]).parent.name or "."}')
+    if lights and lights[0].shape!=dk[0].shape: raise NoiseError(flats[0], 'size differs from the dark frames')
+    prof = calibrate(dk, lights or None, pattern=meta['pattern'], white=meta['white'] if white is None else white,
+                     name=name or f'calibrated from {Path(darks[0]).parent.name or "."}')
     if not meta['pattern_known'] and pattern is None: prof.notes.append('Bayer phase not given: RGGB assumed (channel labels only)')
     print(prof.summary())
     print(f'  black level {" ".join(f"{b:.3f}" for b in prof.black_level)} (R G B G2), white {prof.white_level:g}')
@@ -551,58 +564,45 @@ def synth_dark(clean_mosaic:np.ndarray, # clean long exposure, raw DN (black lev
                profile:NoiseProfile, # the camera's noise at the short exposure's ISO, in DN of this file
                rng=None)->np.ndarray:
     "The short exposure a camera would have taken at `ratio`: r times fewer electrons, fresh noise, quantised, uint16."
-    if not ratio>=1: raise NoiseError('ratio', f'must be at least 1, got {ratio}')
+    if not 1<=ratio<math.inf: raise NoiseError('ratio', f'must be a finite number of at least 1, got {ratio}')
     b = black_map(pattern, black, clean_mosaic.shape).astype(np.float64)
     s = np.clip(clean_mosaic.astype(np.float64)-b, 0, None)/ratio
     y = add_noise(torch.from_numpy(s), profile, rng, pattern=pattern).numpy()
     return np.clip(np.round(y+b), 0, white).astype(np.uint16)
 
 # %% ../nbs/02_noise.ipynb #6f1bfae3
-def cam_xyz_matrix(info # a `RawInfo` from `darknb.raw.describe`
-                  )->np.ndarray|None:
-    "Camera-from-XYZ matrix to write into a DNG made from a described file: the file's own, or for a DNG (LibRaw reports only camera-to-sRGB) one that gives the same colours."
-    if info.rgb_xyz_matrix is not None: return np.asarray(info.rgb_xyz_matrix)
-    if info.color_matrix is None: return None
-    from darknb.raw import XYZ_FROM_SRGB
-    return np.linalg.inv(np.asarray(info.color_matrix)) @ np.linalg.inv(XYZ_FROM_SRGB)
-
-def synth_cmd(clean_raw:str, # a clean, well-exposed RAW file (Bayer or X-Trans mosaic)
-              ratio:float, # exposure ratio long / short, e.g. 100
-              profile:str|None=None, # noise profile JSON (default: Sony α7S II at the file's ISO, rescaled)
-              out_dir:str='.', # folder for the outputs
-              force:bool=False, # overwrite existing outputs
-              seed:int=0)->int:
-    "`darknb synth`: write a synthetic dark DNG at `ratio` and the clean reference DNG (and a JSON record). Exit code."
-    info = describe(clean_raw)
-    if info.cfa not in ('bayer', 'xtrans'): raise NoiseError(clean_raw, f'not a mosaic (mosaic type: {info.cfa}): cannot synthesise a RAW frame')
-    try: ratio = float(ratio)
-    except (TypeError, ValueError): raise NoiseError('ratio', f'not a number: {ratio!r}') from None
-    if not ratio>=1: raise NoiseError('ratio', f'must be at least 1, got {ratio:g}')
-    pat = np.asarray(info.raw_pattern)
-    if profile is None:
-        iso = info.iso or 800.
-        f = (info.white_level-float(np.mean(info.black_levels)))/(SONY_A7S2.white_level-SONY_A7S2.black_level)
-        prof = SONY_A7S2(iso).scaled(f, name=f'{SONY_A7S2.name} ISO {iso:g}, DN x {f:.4g}')
-    else: prof = NoiseProfile.from_json(profile)
-    out = Path(out_dir); stem = Path(clean_raw).stem
+@command
+def synth_cmd(clean:str, # a clean, well-exposed RAW file (Bayer or X-Trans mosaic)
+              *,
+              ratio:number(1, 1e6)=100, # exposure ratio long / short
+              profile:str|None=None, # noise profile JSON in the file's DN (default: the --camera model at the file's ISO)
+              camera:one_of(CAMERAS)='sony-a7s2', # camera noise model used without --profile, rescaled to the file's bit depth
+              out:str, # output folder (created when missing)
+              seed:number(0, integer=True)=0, # random seed
+              force:bool=False # overwrite existing outputs
+             )->int:
+    "`darknb synth`: write a synthetic dark DNG at `ratio` and the clean reference DNG (and a JSON record) into `out`. Exit code."
+    prof = None if profile is None else NoiseProfile.from_json(profile)
+    mosaic,info = read_mosaic(clean, normalized=False)
+    if prof is None: prof = CAMERAS[camera].for_span(info.iso or 800., info.white_level-float(np.mean(info.black_levels)))
+    out = Path(out); stem = Path(clean).stem
     dst_dark, dst_ref, dst_js = out/f'{stem}_x{ratio:g}.dng', out/f'{stem}_ref.dng', out/f'{stem}_x{ratio:g}.json'
-    if not force:
-        for p in (dst_dark, dst_ref, dst_js):
-            if p.exists(): raise FileExistsError(f'{p}: already exists (not overwritten; use --force)')
-    with open_raw(clean_raw) as raw: clean = raw_mosaic(raw)
-    dark = synth_dark(clean, pat, info.black_levels, info.white_level, ratio, prof, seed)
+    refuse_existing(dst_dark, dst_ref, dst_js, force=force)
+    pat = np.asarray(info.raw_pattern)
+    dark = synth_dark(mosaic, pat, info.black_levels, info.white_level, ratio, prof, seed)
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(pattern=pat, black_levels=info.black_levels, white_level=info.white_level, wb=info.wb[:3],
               rgb_xyz_matrix=cam_xyz_matrix(info), iso=info.iso, make=info.make or 'darknb',
               model=info.model or 'Synthetic camera', orientation=info.orientation, overwrite=force)
     t = info.exposure_time
     write_dng(dst_dark, dark, exposure_time=t/ratio if t else None, **kw)
-    write_dng(dst_ref, clean, exposure_time=t, **kw)
-    rec = dict(source=str(clean_raw), ratio=ratio, seed=seed, dark=dst_dark.name, reference=dst_ref.name, profile=asdict(prof))
-    with atomic_path(dst_js, force) as tmp: Path(tmp).write_text(json.dumps(_jsonable(rec), indent=1))
-    b = black_map(pat, info.black_levels, clean.shape)
-    print(f'{clean_raw}: ratio {ratio:g}, {prof.summary()}')
-    print(f'  mean signal above black: clean {np.mean(clean-b):.1f} DN, dark {np.mean(dark-b):.2f} DN')
+    write_dng(dst_ref, mosaic, exposure_time=t, **kw)
+    rec = dict(source=str(clean), ratio=ratio, seed=seed, dark=dst_dark.name, reference=dst_ref.name,
+               camera=None if profile is not None else camera, profile=asdict(prof))
+    with atomic_path(dst_js, force) as tmp: Path(tmp).write_text(json.dumps(to_plain(rec, finite=True), indent=1))
+    b = black_map(pat, info.black_levels, mosaic.shape)
+    print(f'{clean}: ratio {ratio:g}, {prof.summary()}')
+    print(f'  mean signal above black: clean {np.mean(mosaic-b):.1f} DN, dark {np.mean(dark-b):.2f} DN')
     print(f'  wrote {dst_dark} (exposure {t/ratio:.4g} s)' if t else f'  wrote {dst_dark}')
     print(f'  wrote {dst_ref} (reference) and {dst_js.name}')
     return 0
@@ -631,10 +631,9 @@ def unprocess(srgb:np.ndarray, # H x W x 3 sRGB photo, float in [0, 1]
               mosaic:bool=True # False: return the linear camera RGB (H x W x 3) instead of the mosaic
              )->tuple[np.ndarray, dict]:
     "Brooks et al.'s unprocessing: a linear RAW mosaic (normalised, float32) and the random camera it was made for."
-    from darknb.raw import XYZ_FROM_SRGB
     rng = np.random.default_rng(rng)
     img = np.asarray(srgb, dtype=np.float64)
-    if img.ndim!=3 or img.shape[-1]!=3: raise ValueError(f'expected an H x W x 3 image, got shape {img.shape}')
+    check_shape(img, 'H W 3', 'sRGB photo')
     cam_xyz = random_cam_xyz(rng)
     rgb_gain, red_gain, blue_gain = 1/rng.normal(0.8, 0.1), rng.uniform(1.9, 2.4), rng.uniform(1.5, 1.9)
     x = np.maximum(inverse_smoothstep(img), 1e-8)**2.2                   # linear sRGB
@@ -647,11 +646,9 @@ def unprocess(srgb:np.ndarray, # H x W x 3 sRGB photo, float in [0, 1]
     meta = dict(rgb_xyz_matrix=cam_xyz, cam2rgb=np.linalg.inv(rgb2cam), rgb_gain=float(rgb_gain), red_gain=float(red_gain),
                 blue_gain=float(blue_gain), wb=[float(red_gain), 1., float(blue_gain)], pattern=pattern_from_str(pattern))
     if not mosaic: return x.astype(np.float32), meta
-    H,W = x.shape[0]//2*2, x.shape[1]//2*2
-    idx = np.where(meta['pattern']==3, 1, meta['pattern'])
-    m = np.empty((H,W), np.float32)
-    for (r,c),ci in np.ndenumerate(idx): m[r::2, c::2] = x[r:H:2, c:W:2, ci]
-    return m, meta
+    H,W = x.shape[0]//2*2, x.shape[1]//2*2                                # whole 2x2 tiles
+    rgb = cfa_map(meta['pattern'], (H,W), RGB_OF_INDEX)                   # the colour each photosite sees
+    return np.take_along_axis(x[:H,:W], rgb[...,None], -1)[...,0].astype(np.float32), meta
 
 def random_noise_levels(rng=None)->tuple[float,float]:
     "Brooks et al.'s noise prior for normalised data: (shot, read) with variance = shot·x + read."

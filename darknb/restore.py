@@ -10,20 +10,21 @@ import math, sys, time, warnings, contextlib, tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 import numpy as np
 import torch, torch.nn as nn
 from torch import Tensor
-from .raw import (DarknbError, RawError, RawInfo, RAW_EXTS, describe, open_raw, raw_mosaic, normalize, black_map,
-                        pack_mosaic, unpack_mosaic, render_mosaic, libraw_render, write_dng, atomic_path)
-from .noise import cam_xyz_matrix
-from .unet import (CFA_PACKING, cfa_packing, load_model, in_channels, model_task, pad_to_multiple)
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, command, number, one_of
+from .raw import (RawError, RawInfo, RAW_EXTS, read_mosaic, normalize, black_map, pack_mosaic, unpack_mosaic,
+                        render_mosaic, libraw_render, write_dng, cam_xyz_matrix)
+from .unet import CFA_PACKING, net_spec, load_model, pad_to_multiple, bf16_supported
 
 # %% auto #0
-__all__ = ['MEAN_TARGET', 'HIGH_TARGET', 'FORMATS', 'tile_grid', 'blend_ramp', 'tiled_apply', 'unet_reach', 'context_margin',
-           'default_model_path', 'bf16_supported', 'FastNet', 'fast_forward', 'exposure_stats', 'estimate_ratio',
-           'apply_orientation', 'to_uint16', 'write_png16', 'write_tiff16', 'RestoreError', 'check_ratio', 'Restored',
-           'restore_file', 'save_restored', 'collect_inputs', 'output_paths', 'min_tile', 'enhance_files',
-           'load_restorer', 'enhance_cmd', 'add_enhance_args', 'demo_frames', 'restore_demo', 'compare_slider']
+__all__ = ['MEAN_TARGET', 'HIGH_TARGET', 'RATIO_MAX', 'check_ratio', 'WRITERS', 'tile_grid', 'blend_ramp', 'tiled_apply',
+           'FastNet', 'fast_forward', 'exposure_stats', 'estimate_ratio', 'apply_orientation', 'to_uint16',
+           'write_png16', 'write_tiff16', 'RestoreError', 'Restored', 'restore_file', 'write_restored_dng', 'Writer',
+           'check_format', 'save_restored', 'collect_inputs', 'output_paths', 'min_tile', 'enhance_files',
+           'load_restorer', 'enhance_cmd', 'demo_frames', 'restore_demo', 'compare_slider']
 
 # %% ../nbs/08_restore.ipynb #d25083ea
 def tile_grid(n:int, # length of the (padded) image along one axis
@@ -97,52 +98,7 @@ def tiled_apply(fn, # maps an N x C x h x w tile to N x C' x (h*scale) x (w*scal
             out[..., y0*scale:(y0+th)*scale, x0*scale:(x0+tw)*scale].addcmul_(y, wy[i][:,None]*wx[j][None,:])
     return out[..., :H*scale, :W*scale]
 
-# %% ../nbs/08_restore.ipynb #71481651
-def unet_reach(depth:int=5, # U-Net levels
-               convs:int=2 # 3x3 convolutions per block
-              )->int:
-    "Farthest input pixel (packed px, either side) that can change an output pixel of a SID-style U-Net."
-    def enc(l, a, b):
-        a,b = a-convs, b+convs
-        return (a, b) if l==0 else enc(l-1, 2*a, 2*b+1)
-    def dec(l, a, b):
-        if l==depth-1: return enc(l, a, b)
-        a,b = a-convs, b+convs
-        (a1,b1),(a2,b2) = dec(l+1, a//2, b//2), enc(l, a, b)
-        return min(a1, a2), max(b1, b2)
-    return max(max(p-a, b-p) for p in range(2**(depth-1)) for a,b in [dec(0, p, p)])
-
-def context_margin(model:nn.Module, # a network, ideally a `darknb.unet.SIDUnet`
-                   default:int=64 # for networks whose receptive field is not known
-                  )->int:
-    "Input pixels of context a tile needs at an inner edge for its output to equal whole-image inference."
-    depth,a = getattr(model, 'depth', None),getattr(model, 'multiple', 1)
-    if depth is None: return default
-    plain = not any(isinstance(m, nn.Upsample) or (isinstance(m, nn.Conv2d) and m.stride[0]>1) for m in model.modules())
-    reach = unet_reach(depth) + (0 if plain else 2*a)  # strided convs and bilinear up-sampling reach a little further
-    return -(-reach//a)*a
-
-# %% ../nbs/08_restore.ipynb #1c222ef6
-def default_model_path()->Path:
-    "The model bundled with darknb (`darknb/assets/default_model.pth`); a `DarknbError` when this installation has none."
-    try:
-        from importlib.resources import files
-        p = Path(str(files('darknb')/'assets'/'default_model.pth'))
-    except (ImportError, ModuleNotFoundError, TypeError): p = Path(__file__).parent/'assets'/'default_model.pth'
-    if not p.is_file(): raise DarknbError('no bundled model in this installation: pass --model PATH')
-    return p
-
 # %% ../nbs/08_restore.ipynb #ad4bdeb7
-def bf16_supported(device:str|torch.device='cpu')->bool:
-    "Whether `device` runs bfloat16 matrix maths natively (AMX or AVX-512 BF16 on a CPU, a recent GPU)."
-    device = torch.device(device)
-    if device.type=='cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    for f in ('_is_amx_tile_supported', '_is_avx512_bf16_supported'):
-        try:
-            if getattr(torch.cpu, f)(): return True
-        except Exception: pass
-    return False
-
 @contextlib.contextmanager
 def _onednn_fusion():
     old = torch.jit.onednn_fusion_enabled()
@@ -166,9 +122,8 @@ class FastNet:
         self.model = model.to(dev).eval()
         if channels_last: self.model = self.model.to(memory_format=torch.channels_last)
         self.jit = dev.type=='cpu' if jit is None else jit
-        self.in_ch,self.task = in_channels(model),model_task(model)
-        self.scale,self.align = getattr(model, 'scale', 1),getattr(model, 'multiple', 1)
-        self.pad_mode,self.margin = getattr(model, 'pad_mode', 'reflect'),context_margin(model)
+        self.spec = s = net_spec(model)
+        self.in_ch,self.task,self.scale,self.align,self.pad_mode,self.margin = s.in_ch,s.task,s.scale,s.multiple,s.pad_mode,s.reach
         self._graphs,self.max_graphs = OrderedDict(),max_graphs
 
     def __repr__(self):
@@ -181,7 +136,8 @@ class FastNet:
         key = tuple(x.shape)
         if key in self._graphs: self._graphs.move_to_end(key); return self._graphs[key]
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)  # the tracer's notes on shape-dependent Python code
+            warnings.filterwarnings('ignore', r'`torch\.jit\.\w+` is deprecated', FutureWarning)  # still the fastest CPU path here
             g = torch.jit.freeze(torch.jit.trace(self.model, x, check_trace=False))
         self._graphs[key] = g
         if len(self._graphs)>self.max_graphs: self._graphs.popitem(last=False)
@@ -255,7 +211,7 @@ def to_uint16(rgb:np.ndarray)->np.ndarray:
 
 def _rgb16(rgb:np.ndarray)->np.ndarray:
     "An H x W x 3 image in [0, 1] as 16-bit integers; a `ValueError` for any other shape."
-    if np.ndim(rgb)!=3 or np.shape(rgb)[2]!=3: raise ValueError(f'expected an H x W x 3 image, got shape {np.shape(rgb)}')
+    check_shape(rgb, 'H W 3', 'image')
     return to_uint16(rgb)
 
 def write_png16(path, # where to write (refused if it exists unless `overwrite`)
@@ -279,18 +235,11 @@ def write_tiff16(path, # where to write (refused if it exists unless `overwrite`
     return Path(path)
 
 # %% ../nbs/08_restore.ipynb #8eb60eb2
-FORMATS = {'png': '.png', 'tiff': '.tif', 'dng': '.dng'}
-
 class RestoreError(DarknbError):
     "An input or option `darknb enhance` cannot use: the message is one line."
 
-def check_ratio(ratio)->float|str:
-    "'auto', or the exposure ratio as a number of at least 1."
-    if isinstance(ratio, str) and ratio.strip().lower()=='auto': return 'auto'
-    try: r = float(ratio)
-    except (TypeError, ValueError): raise RestoreError(f"ratio must be a number or 'auto', not {ratio!r}") from None
-    if not (math.isfinite(r) and r>=1): raise RestoreError(f'ratio must be at least 1, not {ratio!r}')
-    return r
+RATIO_MAX = 10_000  # 13 stops: far beyond any real exposure ratio (SID's is capped at 300)
+check_ratio = number(1, RATIO_MAX, words=('auto',))  # the amplification: 'auto', or a number from 1 to RATIO_MAX
 
 @dataclass
 class Restored:
@@ -305,7 +254,7 @@ class Restored:
 
     def mosaic(self)->np.ndarray:
         "The restored mosaic on the [0, 1] scale, at the sensor's full visible size ('raw' task only)."
-        if self.task!='raw': raise RestoreError(f'{self.path}: a {self.task} model gives no RAW mosaic')
+        if self.task!='raw': raise RestoreError(self.path, f'a {self.task} model gives no RAW mosaic')
         pat = np.asarray(self.info.raw_pattern)
         m = unpack_mosaic(self.output, pat)
         H,W,t = self.info.height,self.info.width,pat.shape[0]
@@ -330,15 +279,8 @@ class Restored:
         elif info.cfa=='bayer': rgb = render_mosaic(self.mosaic(), np.asarray(info.raw_pattern), info.wb, info.rgb_xyz_matrix, info.color_matrix)
         else:  # X-Trans: let LibRaw demosaic a temporary DNG of the restored mosaic
             with tempfile.TemporaryDirectory(prefix='darknb-') as d:
-                rgb = libraw_render(_write_restored_dng(self, Path(d)/'restored.dng', orientation=0))
+                rgb = libraw_render(write_restored_dng(self, Path(d)/'restored.dng', orientation=0))
         return apply_orientation(rgb, info.orientation) if upright else rgb
-
-def _write_restored_dng(res:Restored, path, overwrite:bool=False, orientation:int|None=None)->Path:
-    info,t = res.info,res.info.exposure_time
-    return write_dng(path, res.dn(), np.asarray(info.raw_pattern), info.black_levels, info.white_level, wb=info.wb[:3],
-                     rgb_xyz_matrix=cam_xyz_matrix(info), exposure_time=t*res.ratio if t else None, iso=info.iso,
-                     make=info.make or 'darknb', model=info.model or 'restored',
-                     orientation=info.orientation if orientation is None else orientation, overwrite=overwrite)
 
 def restore_file(path, # a Bayer (or X-Trans) RAW file
                  net:FastNet, # the network (see `FastNet`)
@@ -348,31 +290,51 @@ def restore_file(path, # a Bayer (or X-Trans) RAW file
     "Read, pack, amplify and restore one RAW file; errors name the file."
     t0 = time.perf_counter()
     ratio = check_ratio(ratio)
-    info = describe(path)
-    if info.cfa not in CFA_PACKING:
-        raise RawError(path, 'not a Bayer or X-Trans mosaic (LibRaw gives already demosaiced colour planes): nothing for the network to restore')
-    need = cfa_packing(info.cfa)[0]
+    m,info = read_mosaic(path, kinds=tuple(CFA_PACKING), clip=False)
+    need = CFA_PACKING[info.cfa][0]
     if net.in_ch!=need: raise RawError(path, f'a {info.cfa} mosaic packs into {need} channels, but the model takes {net.in_ch}')
-    pat = np.asarray(info.raw_pattern)
-    with open_raw(path) as raw: m = raw_mosaic(raw)
-    x = pack_mosaic(normalize(m, pat, info.black_levels, info.white_level, clip=False), pat)
+    x = pack_mosaic(m, np.asarray(info.raw_pattern))
     del m
     r,src = (estimate_ratio(x),'auto') if ratio=='auto' else (ratio,'given')
     x = torch.from_numpy(np.clip(x*np.float32(r), 0, 1))[None]
-    y = tiled_apply(net, x, tile, margin=net.margin, scale=net.scale, align=net.align, pad_mode=net.pad_mode)[0].clamp_(0, 1)
+    y = fast_forward(net, x, tile)[0].clamp_(0, 1)
     out = y.numpy() if net.task=='raw' else np.ascontiguousarray(y.numpy().transpose(1, 2, 0))
     return Restored(Path(path), info, float(r), src, net.task, out, time.perf_counter()-t0)
 
+def write_restored_dng(res:Restored, # a result of the 'raw' task
+                       path, overwrite:bool=False,
+                       orientation:int|None=None # LibRaw flip code to record (default: the original's)
+                      )->Path:
+    "The restored mosaic as a DNG with the original's levels, colour, exposure (times the ratio) and orientation."
+    info,t = res.info,res.info.exposure_time
+    return write_dng(path, res.dn(), np.asarray(info.raw_pattern), info.black_levels, info.white_level, wb=info.wb[:3],
+                     rgb_xyz_matrix=cam_xyz_matrix(info), exposure_time=t*res.ratio if t else None, iso=info.iso,
+                     make=info.make or 'darknb', model=info.model or 'restored',
+                     orientation=info.orientation if orientation is None else orientation, overwrite=overwrite)
+
+@dataclass(frozen=True)
+class Writer:
+    "An output format of `darknb enhance`: file extension, the function that writes a `Restored`, the task it needs."
+    ext:str
+    write:Callable # write(res, path, overwrite) -> path
+    task:str|None=None # 'raw' for formats that hold the restored mosaic; None: any model
+
+WRITERS = {'png':  Writer('.png', lambda res,p,o: write_png16(p, res.srgb(), o)),
+           'tiff': Writer('.tif', lambda res,p,o: write_tiff16(p, res.srgb(), o)),
+           'dng':  Writer('.dng', write_restored_dng, 'raw')}
+
+def check_format(fmt:str, task:str)->Writer:
+    "The `Writer` of `fmt`, refusing a format the model's `task` cannot give."
+    w = WRITERS[one_of(WRITERS)(fmt)]
+    if w.task and w.task!=task: raise RestoreError('--format', f'{fmt} needs a {w.task} model; this model gives {task}')
+    return w
+
 def save_restored(res:Restored, # from `restore_file`
                   path, # destination
-                  fmt:str='png', # 'png', 'tiff' or 'dng'
+                  fmt:str='png', # a key of `WRITERS`: 'png', 'tiff' or 'dng'
                   overwrite:bool=False)->Path:
     "Write a restored file as a 16-bit sRGB PNG or TIFF (upright), or as a DNG of the restored RAW."
-    if fmt not in FORMATS: raise RestoreError(f'unknown format {fmt!r}; choose one of {list(FORMATS)}')
-    if fmt=='dng':
-        if res.task!='raw': raise RestoreError(f'{res.path}: a DNG needs a RAW model; this model gives sRGB')
-        return _write_restored_dng(res, path, overwrite)
-    return (write_png16 if fmt=='png' else write_tiff16)(path, res.srgb(), overwrite)
+    return check_format(fmt, res.task).write(res, path, overwrite)
 
 # %% ../nbs/08_restore.ipynb #1f3cd5af
 def collect_inputs(inputs:list # files and folders
@@ -392,7 +354,7 @@ def collect_inputs(inputs:list # files and folders
 
 def output_paths(files:list[Path], out_dir, fmt:str='png')->list[Path]:
     "`OUT_DIR/NAME_restored.EXT` for each input; inputs of the same name get their extension in the name, then a number."
-    ext,taken,outs = FORMATS[fmt],set(),[]
+    ext,taken,outs = WRITERS[fmt].ext,set(),[]
     stems = [f.stem for f in files]
     for f in files:
         cands = [f'{f.stem}_restored'] if stems.count(f.stem)==1 else []
@@ -411,16 +373,15 @@ def enhance_files(inputs:list, # RAW files and folders of RAW files
                   out_dir, # folder for the outputs (created if needed)
                   net:FastNet, # the network
                   ratio:float|str='auto', # amplification, or 'auto'
-                  fmt:str='png', # 'png', 'tiff' or 'dng'
+                  fmt:str='png', # a key of `WRITERS`: 'png', 'tiff' or 'dng'
                   force:bool=False, # replace existing outputs
                   tile:int=1024, # largest tile side in packed pixels
                   quiet:bool=False # no progress lines
                  )->list[dict]: # one record per input: input, output, ok, error, ratio, seconds
-    "Restore every input into `out_dir`; each failure is one line on stderr and the others go on."
+    "Restore every input into `out_dir`; each failure is one line on stderr and the others go on. Options are checked first."
     ratio = check_ratio(ratio)
-    if fmt not in FORMATS: raise RestoreError(f'unknown format {fmt!r}; choose one of {list(FORMATS)}')
-    if fmt=='dng' and net.task!='raw': raise RestoreError('--format dng needs a RAW model; this model gives sRGB')
-    if tile<min_tile(net): raise RestoreError(f'tile {tile} is too small for this model: at least {min_tile(net)}')
+    check_format(fmt, net.task)
+    if tile<min_tile(net): raise RestoreError('--tile', f'{tile} is too small for this model: at least {min_tile(net)}')
     files,errors = collect_inputs(inputs)
     recs = [dict(input=e.split(': ')[0], output=None, ok=False, error=e, ratio=None, seconds=0.) for e in errors]
     for e in errors: _say(f'darknb: error: {e}')
@@ -435,13 +396,13 @@ def enhance_files(inputs:list, # RAW files and folders of RAW files
     for k,(f,dest) in enumerate(zip(files, output_paths(files, out_dir, fmt)), 1):
         rec = dict(input=str(f), output=str(dest), ok=False, error=None, ratio=None, seconds=0.)
         try:
-            if dest.resolve() in ins: raise RestoreError(f'{dest}: is one of the inputs (not overwritten)')
-            if dest.exists() and not force: raise RestoreError(f'{dest}: already exists (not overwritten; use --force)')
+            if dest.resolve() in ins: raise RestoreError(dest, 'is one of the inputs (not overwritten)')
+            refuse_existing(dest, force=force)
             res = restore_file(f, net, ratio, tile)
             save_restored(res, dest, fmt, overwrite=force)
             rec.update(ok=True, ratio=res.ratio, seconds=res.seconds)
             if not quiet: _say(f'[{k}/{len(files)}] {f} -> {dest.name}: ratio {res.ratio:.4g} ({res.ratio_source}), {res.seconds:.1f} s')
-        except (DarknbError, FileExistsError) as e: rec['error'] = str(e)
+        except DarknbError as e: rec['error'] = str(e)
         except OSError as e: rec['error'] = f'{dest}: cannot write ({e.strerror or e})'
         except Exception as e: rec['error'] = f'{f}: failed ({type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]})'  # a bug must not stop the batch
         if rec['error']: _say(f'darknb: error: {rec["error"]}' if quiet else f'[{k}/{len(files)}] darknb: error: {rec["error"]}')
@@ -452,50 +413,27 @@ def load_restorer(model='default', # 'default' (the bundled model) or a darknb m
                   **kwargs # passed to `FastNet`
                  )->FastNet:
     "The network of a darknb model file (or of the bundled model) ready for fast inference."
-    path = default_model_path() if model in (None, 'default') else Path(model)
-    return FastNet(load_model(path)[0], **kwargs)
+    return FastNet(load_model(model)[0], **kwargs)
 
-def enhance_cmd(inputs:list, # RAW files and folders
-                out_dir, # output folder
-                ratio:str|float='auto', # a number, or 'auto'
-                model:str='default', # 'default' or a model file
-                fmt:str='png', # 'png', 'tiff' or 'dng'
-                force:bool=False, # replace existing outputs
-                tile:int=1024 # largest tile side in packed pixels (smaller: less memory)
+@command
+def enhance_cmd(inputs:list, # RAW files, or folders of RAW files (only read, never changed)
+                *,
+                out:str, # output folder (created if needed)
+                ratio:check_ratio='auto', # amplification (the exposure ratio, long / short), or 'auto' to meter each image
+                model:str='default', # 'default' (the bundled model) or a darknb model file
+                format:one_of(WRITERS)='png', # 16-bit sRGB PNG or TIFF, or a DNG of the restored RAW
+                tile:number(1, 1_000_000, integer=True)=1024, # largest tile side in packed pixels (smaller needs less memory)
+                force:bool=False # replace existing outputs
                )->int:
-    "`darknb enhance`: restore dark RAW files into `out_dir`; a summary on stdout; exit code 0 only if all succeeded."
-    try:
-        check_ratio(ratio)
-        if fmt not in FORMATS: raise RestoreError(f'unknown format {fmt!r}; choose one of {list(FORMATS)}')
-        net = load_restorer(model)
-        if fmt=='dng' and net.task!='raw': raise RestoreError('--format dng needs a RAW model; this model gives sRGB')
-        if tile<min_tile(net): raise RestoreError(f'--tile {tile} is too small for this model: at least {min_tile(net)}')
-    except DarknbError as e: _say(f'darknb: error: {e}'); return 1
+    "Restore dark RAW files with a network: 16-bit PNG/TIFF photos or DNGs; a summary on stdout; exit code 0 only if all succeeded."
+    net = load_restorer(model)
     t0 = time.perf_counter()
-    recs = enhance_files(inputs, out_dir, net, ratio, fmt, force, tile)
-    if not recs: _say('darknb: error: no input files given'); return 1
+    recs = enhance_files(inputs, out, net, ratio, format, force, tile)
+    if not recs: raise RestoreError('no input files given')
     ok = sum(r['ok'] for r in recs)
     failed = f'; {len(recs)-ok} failed' if ok<len(recs) else ''
-    print(f'restored {ok} of {len(recs)} file{"s"*(len(recs)!=1)} into {out_dir} in {time.perf_counter()-t0:.1f} s{failed}')
-    return 0 if recs and ok==len(recs) else 1
-
-def _ratio_arg(v:str):
-    import argparse
-    try: return check_ratio(v)
-    except RestoreError as e: raise argparse.ArgumentTypeError(str(e)) from None
-
-def add_enhance_args(p # an `argparse.ArgumentParser` (the `enhance` sub-command's)
-                    ):
-    "Add the arguments of `darknb enhance` to `p`; call `enhance_cmd(a.inputs, a.out, a.ratio, a.model, a.format, a.force, a.tile)`."
-    p.add_argument('inputs', nargs='+', metavar='INPUT', help='RAW files, or folders of RAW files')
-    p.add_argument('-o', '--out', required=True, metavar='OUT_DIR', help='output folder (created if needed)')
-    p.add_argument('--ratio', type=_ratio_arg, default='auto', metavar='N|auto',
-                   help="amplification (the exposure ratio), or 'auto' to meter each image (default: auto)")
-    p.add_argument('--model', default='default', metavar='default|PATH', help='the bundled model (default) or a darknb model file')
-    p.add_argument('--format', default='png', choices=list(FORMATS), help='16-bit sRGB PNG or TIFF, or a DNG of the restored RAW (default: png)')
-    p.add_argument('--force', action='store_true', help='replace existing outputs')
-    p.add_argument('--tile', type=int, default=1024, help='largest tile side in packed pixels (default 1024; smaller needs less memory)')
-    return p
+    print(f'restored {ok} of {len(recs)} file{"s"*(len(recs)!=1)} into {out} in {time.perf_counter()-t0:.1f} s{failed}')
+    return 0 if ok==len(recs) else 1
 
 # %% ../nbs/08_restore.ipynb #45ac0449
 def demo_frames(scene:str='coffee', # a scene of `darknb.raw.SCENES`
@@ -504,34 +442,28 @@ def demo_frames(scene:str='coffee', # a scene of `darknb.raw.SCENES`
     "The clean sample mosaic of `scene`, the dark frame the noise model makes of it, both uint16, and the sample's `RawInfo`."
     from darknb.raw import sample_dng
     from darknb.noise import synth_dark, SONY_A7S2
-    src = sample_dng(scene); info = describe(src)
-    with open_raw(src) as raw: clean = raw_mosaic(raw)
+    clean,info = read_mosaic(sample_dng(scene), normalized=False)
     dark = synth_dark(clean, np.asarray(info.raw_pattern), info.black_levels, info.white_level, ratio, SONY_A7S2(iso), seed)
     return clean, dark, info
 
 def _scores(img, ref)->tuple[float,float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)  # fastai's imports use torch.jit.script
-        from darknb.metrics import psnr, ssim
+    from darknb.metrics import psnr, ssim
     a,b = (torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).permute(2, 0, 1) for v in (img, ref))
     return float(psnr(a, b)), float(ssim(a, b))
 
 def restore_demo(out_dir='darknb-out', # folder for the figure and the dark DNG
                  force:bool=False, # replace existing outputs
-                 model=None, # a darknb model file; None: the bundled model
+                 model='default', # 'default' (the bundled model) or a darknb model file
                  ratio:float=100., iso:float=1600, seed:int=0, scene:str='coffee')->int:
     "Restore a generated dark frame and write a figure: as shot, amplified, restored, reference; prints PSNR/SSIM. Exit code."
-    import matplotlib
-    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # no display needed
     import matplotlib.pyplot as plt
     out = Path(out_dir)
     fig_path,dng_path = out/'restore_demo.png',out/f'demo_{scene}_x{ratio:g}.dng'
-    for p in (fig_path, dng_path):
-        if p.exists() and not force: raise FileExistsError(f'{p}: already exists (not overwritten; use --force)')
-    net = load_restorer('default' if model is None else model)
+    refuse_existing(fig_path, dng_path, force=force)
+    out.mkdir(parents=True, exist_ok=True)
+    net = load_restorer(model)
     clean,dark,info = demo_frames(scene, ratio, iso, seed)
     pat = np.asarray(info.raw_pattern)
-    out.mkdir(parents=True, exist_ok=True)
     write_dng(dng_path, dark, pat, info.black_levels, info.white_level, wb=info.wb[:3], rgb_xyz_matrix=cam_xyz_matrix(info),
               exposure_time=(info.exposure_time or 1)/ratio, iso=iso, make=info.make or 'darknb', model=info.model or 'demo',
               orientation=info.orientation, overwrite=force)

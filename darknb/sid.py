@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import numpy as np
-import rawpy, torch
+import torch
 from torch.utils.data import Dataset
-from .raw import (DarknbError, RawError, RAW_EXTS, SCENES, SAMPLE_CAM_XYZ, open_raw, raw_mosaic, cfa_kind,
-                        pick_white_balance, black_map, normalize, pack_mosaic, atomic_path, write_dng, sample_scene,
-                        pattern_from_str, mosaic_from_srgb, cache_dir, srgb_gamma)
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, cache_dir
+from .raw import (RAW_EXTS, SCENES, SAMPLE_CAM_XYZ, open_raw, read_mosaic, cam_xyz_matrix, pick_white_balance,
+                        black_map, normalize, pack_mosaic, write_dng, sample_scene, pattern_from_str, mosaic_from_srgb,
+                        srgb_gamma)
+from .noise import CAMERAS, SONY_A7S2, add_noise, random_profile
 
 # %% auto #0
 __all__ = ['SPLITS', 'MISALIGNED', 'RATIO_CAP', 'PROTOCOLS', 'NOISES', 'SHORT_EXPOSURES', 'ISOS', 'MINI_SID_VERSION',
@@ -28,9 +30,6 @@ __all__ = ['SPLITS', 'MISALIGNED', 'RATIO_CAP', 'PROTOCOLS', 'NOISES', 'SHORT_EX
 # %% ../nbs/03_sid.ipynb #e093b0a9
 class SIDError(DarknbError):
     "A problem with a SID-style dataset: names the file (and line) and says what is wrong."
-    def __init__(self, path, reason:str, line:int|None=None):
-        self.path,self.reason,self.line = Path(path),reason,line
-        super().__init__(f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}")
 
 # %% ../nbs/03_sid.ipynb #3e8a69d5
 SPLITS = {'0':'train', '2':'val', '1':'test'}  # first digit of a scene id -> split
@@ -167,12 +166,14 @@ def summarize(pairs:list[SIDPair])->dict:
 def _simple_dark(clean:np.ndarray, # normalised clean signal (black 0, white 1); rows along axis -2
                  ratio:float, # the dark frame gets 1/ratio of the light
                  rng:np.random.Generator,
-                 span:float=16383-512, # white - black in DN
-                 iso:float|None=None # sets the gain K = 9.6e-4 * ISO (Sony a7S II); random when None
+                 span:float|None=None, # white - black in DN (default: the α7S II's own, 15871)
+                 iso:float|None=None # the α7S II at this ISO (gain K ∝ ISO); a random gain when None
                 )->np.ndarray:
     "Poisson-Gaussian dark frame with row noise and ADC rounding, normalised and NOT clipped (float32)."
-    K = 9.6e-4*iso if iso else math.exp(rng.uniform(math.log(0.1), math.log(6.0)))  # DN per electron
-    sig_read,sig_row = math.exp(0.462*math.log(K)+0.566), math.exp(0.528*math.log(K)-0.592)  # DN (ELD, Sony)
+    p = SONY_A7S2(iso) if iso else SONY_A7S2.at_gain(math.exp(rng.uniform(*np.log(SONY_A7S2.k_range))))
+    p = SONY_A7S2.to_span(p, span)  # the rule for data of another bit depth: the same electrons per full scale
+    span = span or SONY_A7S2.span
+    K,sig_read,sig_row = p.K, p.read_scale, p.row_scale  # DN per electron; read and row noise, DN (ELD's fitted lines)
     electrons = rng.poisson(np.clip(clean, 0, None)*span/ratio/K)
     dn = K*electrons + rng.normal(0, sig_read, clean.shape) + rng.normal(0, sig_row, clean.shape[:-1]+(1,))
     return (np.round(dn)/span).astype(np.float32)
@@ -181,15 +182,16 @@ def _simple_dark(clean:np.ndarray, # normalised clean signal (black 0, white 1);
 def eld_noise(clean:np.ndarray, # normalised clean signal: a mosaic, or packed planes C x h x w
               ratio:float, # the dark frame gets 1/ratio of the light
               rng:np.random.Generator,
-              span:float=16383-512, # white - black in DN
-              iso:float|None=None # the α7S II at this ISO; None: a random virtual camera (ELD's training recipe)
+              span:float|None=None, # white - black in DN (default: the camera's own)
+              iso:float|None=None, # the camera at this ISO; None: a random virtual camera (ELD's training recipe)
+              camera:str='sony-a7s2' # the camera noise model, a key of `darknb.noise.CAMERAS`
              )->np.ndarray:
     "Dark frame with `darknb.noise`'s ELD model (`add_noise`), normalised and NOT clipped (float32)."
-    from darknb.noise import add_noise, random_profile, SONY_A7S2
-    prof = SONY_A7S2(iso) if iso else random_profile(rng)
+    model = CAMERAS[camera]
+    prof = model.for_span(iso, span) if iso else random_profile(rng, model, span=span)  # same electrons per full scale
     x = np.asarray(clean, dtype=np.float32)/np.float32(ratio)
     packed = x.ndim==3 and x.shape[0]==4  # R, G, B, G planes: row noise shared by the planes of one sensor row
-    return np.asarray(add_noise(x, prof, rng, dn_per_unit=span, packed=packed), dtype=np.float32)
+    return np.asarray(add_noise(x, prof, rng, dn_per_unit=span or model.span, packed=packed), dtype=np.float32)
 
 NOISES = {'eld': eld_noise, 'simple': _simple_dark}
 
@@ -230,18 +232,13 @@ def _clean_frame(k:int, rng, clean_files, size, scenes)->dict:
         m = mosaic_from_srgb(np.ascontiguousarray(img[y:y+H, x:x+W]), pat, exposure=float(rng.uniform(0.6, 1.0)))
         return dict(mosaic=m, pattern=pat, black=[512]*4, white=16383, wb=(2.0,1.0,1.6), cam_xyz=SAMPLE_CAM_XYZ)
     src = clean_files[k%len(clean_files)]
-    with open_raw(src) as raw:
-        pat = None if raw.raw_pattern is None else raw.raw_pattern.copy()
-        if raw.raw_type!=rawpy.RawType.Flat or cfa_kind(pat, raw.color_desc.decode())=='none':
-            raise RawError(src, 'not a Bayer or X-Trans mosaic: cannot make a mini-SID from it')
-        m = raw_mosaic(raw); wb = pick_white_balance(raw.camera_whitebalance, raw.daylight_whitebalance)[0]
-        black,white,cam = list(raw.black_level_per_channel), int(raw.white_level), np.asarray(raw.rgb_xyz_matrix)[:3]
-    t = pat.shape[0]
+    m,info = read_mosaic(src, normalized=False)  # a Bayer or X-Trans mosaic, or a `RawError` naming the file
+    pat = np.asarray(info.raw_pattern); t = pat.shape[0]
     H,W = size or m.shape
     H,W = min(H, m.shape[0])//t*t, min(W, m.shape[1])//t*t  # whole tiles keep the pattern's phase
     y = rng.integers(0, (m.shape[0]-H)//t+1)*t; x = rng.integers(0, (m.shape[1]-W)//t+1)*t
-    return dict(mosaic=np.ascontiguousarray(m[y:y+H, x:x+W]), pattern=pat, black=black, white=white,
-                wb=tuple(wb[:3]), cam_xyz=cam if np.any(cam) else None)
+    return dict(mosaic=np.ascontiguousarray(m[y:y+H, x:x+W]), pattern=pat, black=info.black_levels, white=info.white_level,
+                wb=tuple(info.wb[:3]), cam_xyz=cam_xyz_matrix(info))
 
 # %% ../nbs/03_sid.ipynb #987325aa
 MINI_SID_VERSION = 1
@@ -257,7 +254,7 @@ def make_mini_sid(out_dir, # folder to create (the dataset root); refused if it 
                   overwrite:bool=False)->Path:
     "Build a small dataset with SID's folders, file names and list files (DNG frames: long = clean, shorts = noisy)."
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite: raise FileExistsError(f'{out_dir}: already exists (not overwritten)')
+    refuse_existing(out_dir, force=overwrite)
     clean_files = None if clean_files is None else [Path(f) for f in clean_files]
     if clean_files is not None and not clean_files: raise ValueError('clean_files is empty')
     rng,noise_fn = np.random.default_rng(seed),_noise_fn(noise)
@@ -325,19 +322,11 @@ def sid_render(path # a RAW file
 def decode_packed(path # a Bayer or X-Trans RAW file
                  )->tuple[np.ndarray, dict]:
     "The packed mosaic as stored (uint16, C x h x w) and what is needed to normalise it."
-    with open_raw(path) as raw:
-        desc = raw.color_desc.decode()
-        try:
-            pat = raw.raw_pattern.copy() if raw.raw_pattern is not None else None
-            kind = cfa_kind(pat, desc) if raw.raw_type==rawpy.RawType.Flat else 'none'
-            if kind=='none': raise ValueError('not a Bayer or X-Trans mosaic (SID packs mosaics only)')
-            packed = pack_mosaic(raw_mosaic(raw), pat, desc)
-        except ValueError as e: raise RawError(path, str(e)) from None
-        t = pat.shape[0]
-        black = pack_mosaic(black_map(pat, raw.black_level_per_channel, (t,t)), pat, desc)[:, 0, 0]
-        wb = pick_white_balance(raw.camera_whitebalance, raw.daylight_whitebalance)[0]
-        return packed, dict(black=[float(b) for b in black], white=int(raw.white_level), pattern=pat.tolist(),
-                            cfa=kind, scale=2 if kind=='bayer' else 3, wb=wb)
+    m,info = read_mosaic(path, normalized=False)  # SID packs mosaics only: anything else is a `RawError` naming the file
+    pat = np.asarray(info.raw_pattern); t = pat.shape[0]
+    black = pack_mosaic(black_map(pat, info.black_levels, (t,t)), pat)[:, 0, 0]
+    return pack_mosaic(m, pat), dict(black=[float(b) for b in black], white=int(info.white_level), pattern=pat.tolist(),
+                                     cfa=info.cfa, scale=2 if info.cfa=='bayer' else 3, wb=info.wb)
 
 # %% ../nbs/03_sid.ipynb #7325a69b
 def _npy_nbytes(path:Path)->int|None:
@@ -549,6 +538,7 @@ def packed_preview(p:np.ndarray|torch.Tensor, # packed planes, C x h x w (4 for 
                    exposure:float=1.0)->np.ndarray:
     "A quick sRGB look at packed planes: average the planes of each colour, white-balance, gamma. h x w x 3."
     p = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+    check_shape(p, 'C H W', 'packed planes')
     groups = {4: ([0], [1,3], [2]), 9: ([0,1], [2,3,4,5,6], [7,8])}.get(p.shape[0])
     if groups is None: raise ValueError(f'cannot preview {p.shape[0]} packed planes (4 or 9)')
     rgb = np.stack([p[g].mean(0) for g in groups], -1)*np.asarray(wb[:3], dtype=np.float32)*exposure

@@ -172,3 +172,43 @@ def test_enhance_batch_with_bad_inputs(tmp_path, bad_files):
     assert dark.read_bytes()==before  # inputs are only read
     rc,o,e = darknb('enhance', dark, '-o', out, '--ratio', 4, '--format', 'dng')
     assert rc==1 and 'already exists' in e  # never overwritten without --force
+
+# ---------------------------------------------------------------- one error policy, one table
+
+@pytest.mark.parametrize('args', [('demo', '-o', '/dev/null/x'),
+                                  ('synth', 'CLEAN', '-o', '/dev/null/x'),
+                                  ('calibrate', 'CLEAN', '-o', '/dev/null/p.json')])
+def test_os_errors_are_one_line(args):
+    "A folder that cannot be made (a path through a file): one line naming the path and the reason, never a traceback."
+    args = [str(sample_dng()) if a=='CLEAN' else a for a in args]
+    rc,out,err = darknb(*args)
+    assert rc==1 and 'Traceback' not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines)==1 and lines[0].startswith('darknb: error: /dev/null/') and 'not a directory' in lines[0].lower(), err
+
+@pytest.mark.parametrize('args', [('enhance', 'x.dng', '-o', 'o', '--ratio', '0.5'), ('enhance', 'x.dng', '-o', 'o', '--ratio', '1e308'),
+                                  ('enhance', 'x.dng', '-o', 'o', '--format', 'jpg'), ('enhance', 'x.dng'),
+                                  ('synth', 'x.dng', '-o', 'o', '--ratio', 'inf'), ('train', '-o', 'o', '--workers', '-1'),
+                                  ('train', '-o', 'o', '--ratio-min', '0'), ('info',), ('frobnicate',)])
+def test_bad_options_exit_2(tmp_path, args):
+    rc,out,err = darknb(*args, cwd=tmp_path)
+    assert rc==2 and 'usage: darknb' in err and 'Traceback' not in err, err
+    assert not any(tmp_path.iterdir())   # refused before anything ran
+
+def test_outputs_get_the_mode_open_gives(tmp_path):
+    "Files written through a temporary name get 0666 less the umask, like any file a program opens (not mkstemp's 0600)."
+    rc,o,e = darknb('synth', sample_dng(), '--ratio', 10, '-o', tmp_path)
+    assert rc==0, e
+    umask = os.umask(0); os.umask(umask)
+    for p in tmp_path.iterdir(): assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+def test_every_command_has_help_from_its_docments():
+    from darknb.cli import commands
+    names = commands()
+    assert {'info', 'demo', 'calibrate', 'synth', 'enhance', 'train'} <= set(names)
+    rc,out,err = darknb('--help')
+    assert rc==0 and all(n in out for n in names)
+    for n in names:
+        rc,out,err = darknb(n, '--help')
+        assert rc==0 and err=='' and out.startswith(f'usage: darknb {n}'), (n, err)
+        assert re.search(r'\n  -h, --help', out)

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from darknb.raw import data_dir, describe, sample_dng
-from darknb.restore import default_model_path
+from darknb.unet import default_model_path
 from darknb import default_model as D
 
 GAIN_AMP_SCENE, GAIN_NLM_SCENE = 6.0, 2.0  # measured: 6.5-9.6 and 2.5-3.6 dB (notebook 07b)

@@ -3,7 +3,8 @@ import json, math
 from pathlib import Path
 import numpy as np, pytest, rawpy, tifffile, torch
 from scipy import stats
-from darknb.raw import DarknbError, sample_dng, describe, open_raw, raw_mosaic, pattern_from_str, sample_scene, data_dir
+from darknb.raw import (DarknbError, sample_dng, describe, open_raw, raw_mosaic, pattern_from_str, sample_scene, data_dir,
+                        mosaic_from_srgb, write_dng)
 from darknb.noise import *
 from darknb.noise import _planes
 
@@ -102,7 +103,7 @@ def test_synth_dark_has_one_rth_of_the_signal():
 
 def test_synth_cmd_writes_dngs_libraw_reads(tmp_path, capsys):
     src = sample_dng('rocket', 'GRBG')
-    assert synth_cmd(str(src), 100, None, str(tmp_path), seed=3) == 0
+    assert synth_cmd(str(src), ratio=100, out=str(tmp_path), seed=3) == 0
     dark, ref = tmp_path/f'{src.stem}_x100.dng', tmp_path/f'{src.stem}_ref.dng'
     s, d, r = describe(src), describe(dark), describe(ref)
     for k in ('pattern', 'black_levels', 'white_level', 'cfa', 'orientation', 'iso'):
@@ -116,11 +117,49 @@ def test_synth_cmd_writes_dngs_libraw_reads(tmp_path, capsys):
         assert ratio == pytest.approx(100, rel=0.03)
     rec = json.loads((tmp_path/f'{src.stem}_x100.json').read_text())
     assert rec['ratio'] == 100 and rec['seed'] == 3
-    with pytest.raises(FileExistsError): synth_cmd(str(src), 100, None, str(tmp_path))
-    assert synth_cmd(str(src), 100, None, str(tmp_path), force=True) == 0
+    with pytest.raises(FileExistsError): synth_cmd(str(src), ratio=100, out=str(tmp_path))
+    assert synth_cmd(str(src), ratio=100, out=str(tmp_path), force=True) == 0
     (tmp_path/'p.json').write_text('{"K": 2}')
-    with pytest.raises(NoiseError, match='missing keys'): synth_cmd(str(src), 10, str(tmp_path/'p.json'), str(tmp_path/'o'))
-    with pytest.raises(DarknbError, match='nothing.dng'): synth_cmd(str(tmp_path/'nothing.dng'), 10, None, str(tmp_path/'o'))
+    with pytest.raises(NoiseError, match='missing keys'): synth_cmd(str(src), ratio=10, profile=str(tmp_path/'p.json'), out=str(tmp_path/'o'))
+    with pytest.raises(DarknbError, match='nothing.dng'): synth_cmd(str(tmp_path/'nothing.dng'), ratio=10, out=str(tmp_path/'o'))
+
+def test_synth_cmd_makes_its_folder_and_refuses_before_writing(tmp_path, capsys):
+    src = sample_dng('rocket', 'GRBG')
+    out = tmp_path/'new'/'pairs'
+    assert synth_cmd(str(src), ratio=20, out=str(out)) == 0       # the folder is created
+    (out/f'{src.stem}_x20.dng').unlink()
+    with pytest.raises(FileExistsError, match='_ref.dng'): synth_cmd(str(src), ratio=20, out=str(out))
+    assert not (out/f'{src.stem}_x20.dng').exists()               # nothing written
+    with pytest.raises(NotADirectoryError): synth_cmd(str(src), out='/dev/null/x')   # an OSError: the CLI says it in one line
+
+def test_command_checkers_refuse_bad_values():
+    arg = lambda f, k: eval(f.__annotations__[k], f.__globals__)
+    for f, k, bad in ((synth_cmd, 'ratio', 'inf'), (synth_cmd, 'ratio', '0.5'), (synth_cmd, 'camera', 'nikon'),
+                      (synth_cmd, 'seed', '1.5'), (calibrate_cmd, 'white', '-5'), (calibrate_cmd, 'white', 'nan')):
+        with pytest.raises(ValueError): arg(f, k)(bad)
+    assert arg(synth_cmd, 'camera')('sony-a7s2') == 'sony-a7s2' and arg(calibrate_cmd, 'white')('4095') == 4095
+    assert getattr(synth_cmd, 'darknb_command', False) and getattr(calibrate_cmd, 'darknb_command', False)
+
+def test_camera_profile_on_another_bit_depth():
+    "One rule: the same electrons per full scale; normalised noise does not depend on the bit depth."
+    assert CAMERAS['sony-a7s2'] is SONY_A7S2 and SONY_A7S2.span == 15871
+    flat = torch.full((256, 256), 0.002, dtype=torch.float64)
+    sd = lambda p, span: add_noise(flat, p, rng=0, dn_per_unit=span).std().item()
+    s14, s12 = sd(SONY_A7S2(1600), 15871), sd(SONY_A7S2.for_span(1600, 3839), 3839)
+    assert s12 == pytest.approx(s14, rel=0.05) and sd(SONY_A7S2(1600), 3839) > 2*s14
+    p = SONY_A7S2.for_span(1600, 3839)
+    assert p.K == pytest.approx(SONY_A7S2(1600).K*3839/15871) and p.q_step == 1
+    assert SONY_A7S2.for_span(1600, 15871) == SONY_A7S2(1600) == SONY_A7S2.for_span(1600)
+    assert random_profile(4, span=3839).row_scale == pytest.approx(random_profile(4).row_scale*3839/15871)
+
+def test_synth_cmd_uses_the_rule_on_a_12_bit_file(tmp_path, capsys):
+    pat = pattern_from_str('RGGB')
+    m = mosaic_from_srgb(sample_scene('rocket')[:128, :192], pat, black=256, white=4095)
+    src = write_dng(tmp_path/'twelve.dng', m, pat, [256]*4, 4095, wb=(2.0, 1.0, 1.6), iso=1600, exposure_time=0.1)
+    synth_cmd(str(src), ratio=10, out=str(tmp_path/'o'))
+    rec = json.loads((tmp_path/'o'/'twelve_x10.json').read_text())
+    assert rec['camera'] == 'sony-a7s2'
+    assert rec['profile']['K'] == pytest.approx(SONY_A7S2(1600).K*(4095-256)/15871)
 
 def test_calibrate_cmd_tiffs(tmp_path, capsys):
     truth = NoiseProfile(K=0.5, read_scale=1.2, row_scale=0.5)
@@ -130,17 +169,17 @@ def test_calibrate_cmd_tiffs(tmp_path, capsys):
     flats = []
     for t, a in sim['light'].items(): tifffile.imwrite(tmp_path/f's_{t}ms.tif', a.astype(np.uint16)); flats.append(tmp_path/f's_{t}ms.tif')
     out = tmp_path/'p.json'
-    assert calibrate_cmd(darks, flats, str(out), pattern='GBRG', white=4095) == 0
+    assert calibrate_cmd(darks, flats=flats, out=str(out), pattern='GBRG', white=4095) == 0
     p = NoiseProfile.from_json(out)
     assert p.K == pytest.approx(0.5, rel=0.05)
     assert 'written' in capsys.readouterr().out
     before = out.read_text()
-    with pytest.raises(FileExistsError): calibrate_cmd(darks, flats, str(out))
+    with pytest.raises(FileExistsError): calibrate_cmd(darks, flats=flats, out=str(out))
     assert out.read_text() == before
     (tmp_path/'junk.tif').write_bytes(b'not a tiff at all')
-    with pytest.raises(NoiseError, match='junk.tif'): calibrate_cmd([tmp_path/'junk.tif'], None, str(tmp_path/'q.json'))
+    with pytest.raises(NoiseError, match='junk.tif'): calibrate_cmd([tmp_path/'junk.tif'], out=str(tmp_path/'q.json'))
     tifffile.imwrite(tmp_path/'rgb.tif', np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(NoiseError, match='rgb.tif'): calibrate_cmd([tmp_path/'rgb.tif'], None, str(tmp_path/'q.json'))
+    with pytest.raises(NoiseError, match='rgb.tif'): calibrate_cmd([tmp_path/'rgb.tif'], out=str(tmp_path/'q.json'))
     assert not (tmp_path/'q.json').exists()
 
 @pytest.mark.skipif(flea3_series() is None, reason='real Flea3 data absent')

@@ -6,12 +6,14 @@ import pytest, torch, rawpy, png, tifffile
 
 from darknb.raw import (XTRANS_PATTERN, pack_raw, sample_dng, describe, open_raw, raw_mosaic, normalize, pack_mosaic, write_dng, data_dir,
                         mosaic_from_srgb, pattern_from_str, sample_scene, srgb_from_camera, SCENES)
-from darknb.noise import synth_dark, SONY_A7S2, cam_xyz_matrix
+from darknb.noise import synth_dark, SONY_A7S2
+from darknb.raw import cam_xyz_matrix
 from darknb.sid import SyntheticPairs, eld_noise
-from darknb.unet import sid_unet, light_unet, res_unet, raw_denoiser, save_model
+from darknb.unet import sid_unet, light_unet, res_unet, raw_denoiser, save_model, net_spec, unet_reach, default_model_path
+from darknb.cli import main
 from darknb import restore as R
-from darknb.restore import (tile_grid, tiled_apply, context_margin, FastNet, estimate_ratio, apply_orientation,
-                            restore_file, save_restored, enhance_cmd, restore_demo, output_paths, check_ratio, RestoreError)
+from darknb.restore import (tile_grid, tiled_apply, FastNet, estimate_ratio, apply_orientation,
+                            restore_file, save_restored, restore_demo, output_paths, check_ratio, RestoreError)
 
 torch.set_num_threads(1)   # the test suite runs beside other jobs on 2 cores: two threads each would fight
 
@@ -79,8 +81,8 @@ def test_tiles_never_exceed_the_tile_size():
 def test_tiled_equals_whole_image_for_real_unets(make):
     torch.manual_seed(0)
     net = make().eval()
-    m = context_margin(net)
-    assert m >= R.unet_reach(net.depth) and m % net.multiple == 0
+    m = net_spec(net).reach
+    assert m >= unet_reach(net.depth) and m % net.multiple == 0
     x = torch.rand(1, 4, 150, 410)   # neither side a multiple of 16: padded like the whole image
     with torch.inference_mode():
         whole = net(x)
@@ -92,7 +94,7 @@ def test_trained_unet_seams_without_overlap_none_with_margin(models):
     net = R.load_model(models['trained'])[0]
     clean, _ = pack_raw(sample_dng('motorcycle'))
     x = torch.from_numpy(clean)[None]
-    m = context_margin(net)
+    m = net_spec(net).reach
     with torch.inference_mode():
         whole = net(x)
         naive = tiled_apply(net, x, tile=64, overlap=0, align=net.multiple)
@@ -140,7 +142,15 @@ def test_auto_ratio_edges():
     with pytest.raises(ValueError, match='finite'): estimate_ratio(np.full((4, 16, 16), np.inf))
     assert check_ratio('auto') == 'auto' and check_ratio('250') == 250
     for bad in ('abc', 0.5, 'nan', None):
-        with pytest.raises(RestoreError): check_ratio(bad)
+        with pytest.raises(ValueError): check_ratio(bad)
+
+
+def enhance_cmd(inputs, out, fmt=None, **opts)->int:
+    "`darknb enhance INPUTS -o OUT --OPTION VALUE...` through the real command line: its exit status."
+    argv = ['enhance', *map(str, inputs), '-o', str(out)] + (['--format', fmt] if fmt else [])
+    for k,v in opts.items(): argv += [f'--{k}'] if v is True else [] if v is False else [f'--{k}', str(v)]
+    try: return main(argv)
+    except SystemExit as e: return e.code
 
 # ---------------------------------------------------------------- outputs
 
@@ -291,15 +301,16 @@ def test_model_problems(tmp_path, models, capsys):
     assert enhance_cmd([src, src.parent], tmp_path/'out', model=models['xtrans']) == 1
     assert 'packs into 4 channels, but the model takes 9' in capsys.readouterr().err
     assert not list((tmp_path/'out').iterdir())
-    assert enhance_cmd([src], tmp_path/'out', ratio='lots', model=models['raw']) == 1
-    assert enhance_cmd([src], tmp_path/'out', fmt='jpeg', model=models['raw']) == 1
+    assert enhance_cmd([src], tmp_path/'out', ratio='lots', model=models['raw']) == 2   # bad options: usage errors
+    assert enhance_cmd([src], tmp_path/'out', fmt='jpeg', model=models['raw']) == 2
+    assert enhance_cmd([src], tmp_path/'out', ratio='1e308', model=models['raw']) == 2
     assert enhance_cmd([src], tmp_path/'out', tile=32, model=models['raw']) == 1
     assert 'too small' in capsys.readouterr().err
 
 def test_default_model_missing_is_one_clear_line(monkeypatch, tmp_path, capsys):
     import importlib.resources
     monkeypatch.setattr(importlib.resources, 'files', lambda pkg: tmp_path)
-    with pytest.raises(R.DarknbError, match='no bundled model in this installation: pass --model PATH'): R.default_model_path()
+    with pytest.raises(R.DarknbError, match='no bundled model in this installation: pass --model PATH'): default_model_path()
     assert enhance_cmd([tmp_path], tmp_path/'out') == 1
     assert capsys.readouterr().err.strip() == 'darknb: error: no bundled model in this installation: pass --model PATH'
 
@@ -318,9 +329,7 @@ def test_restore_demo(tmp_path, models, capsys):
     assert restore_demo(tmp_path, model=models['trained'], force=True) == 0
 
 def test_console_script(tmp_path, models):
-    "`darknb enhance` through the installed console script, once the CLI has the sub-command."
-    from darknb.cli import make_parser
-    if 'enhance' not in make_parser()._subparsers._group_actions[0].choices: pytest.skip('darknb enhance is not wired yet')
+    "`darknb enhance` through the installed console script."
     src, _ = make_dark(tmp_path/'a.dng')
     exe = shutil.which('darknb') or pytest.skip('no darknb console script on PATH')
     r = subprocess.run([exe, 'enhance', str(src), '-o', str(tmp_path/'out'), '--model', str(models['raw']), '--ratio', '100'],
@@ -328,11 +337,17 @@ def test_console_script(tmp_path, models):
     assert r.returncode == 0, r.stderr
     assert (tmp_path/'out'/'a_restored.png').exists()
 
-def test_command_line_arguments():
-    import argparse
-    p = R.add_enhance_args(argparse.ArgumentParser(prog='darknb enhance'))
-    a = p.parse_args(['a.dng', 'folder', '-o', 'out', '--format', 'dng', '--force'])
+def test_command_line_arguments(tmp_path, capsys):
+    from darknb.cli import make_parser
+    p = make_parser('enhance')
+    a = p.parse_args(['enhance', 'a.dng', 'folder', '-o', 'out', '--format', 'dng', '--force'])
     assert (a.inputs, a.out, a.ratio, a.model, a.format, a.force) == (['a.dng', 'folder'], 'out', 'auto', 'default', 'dng', True)
     for bad in (['a', '-o', 'o', '--ratio', '0.5'], ['a', '-o', 'o', '--format', 'jpg'], ['a']):
-        with pytest.raises(SystemExit) as e: p.parse_args(bad)
+        with pytest.raises(SystemExit) as e: p.parse_args(['enhance', *bad])
         assert e.value.code == 2
+
+def test_restoring_imports_neither_fastai_nor_pandas():
+    r = subprocess.run([sys.executable, '-c', 'import sys, darknb.restore, darknb.cli; darknb.cli.make_parser("enhance"); '
+                        'print(sorted(m for m in ("fastai", "pandas", "matplotlib") if m in sys.modules))'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == '[]', r.stdout + r.stderr

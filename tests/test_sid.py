@@ -8,7 +8,8 @@ from darknb.raw import (DarknbError, open_raw, raw_mosaic, normalize, pack_mosai
                         describe)
 from darknb.sid import (SIDError, CacheRebuilt, RawCache, SIDDataset, SyntheticPairs, CACHE_VERSION,
                         parse_sid_name, parse_list, sid_pairs, select_protocol, summarize, exposure_ratio, find_list,
-                        make_mini_sid, sid_render, sid_dataloaders, synthetic_dataloaders, _simple_dark)
+                        make_mini_sid, sid_render, sid_dataloaders, synthetic_dataloaders, decode_packed, eld_noise,
+                        _simple_dark)
 
 pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.script')  # printed when fastai is imported
 
@@ -113,6 +114,20 @@ def test_simple_dark_statistics():
     row_means = d.mean(1)  # row noise: rows differ more than the per-pixel noise alone explains
     assert row_means.var() > 0.5*row2
 
+def test_noise_follows_the_camera_rule_on_other_bit_depths():
+    "A 12-bit frame gets the same normalised noise as the camera's own 14-bit data (darknb.noise's one rule)."
+    clean = np.full((4, 200, 200), 0.3, np.float32)
+    for noise in (eld_noise, _simple_dark):
+        d14 = noise(clean, 100, np.random.default_rng(0), 16383-512, 1600)
+        d12 = noise(clean, 100, np.random.default_rng(0), 4095-256, 1600)
+        assert d12.std() == pytest.approx(d14.std(), rel=0.1), noise.__name__
+        assert d12.mean() == pytest.approx(0.003, rel=0.05)
+
+def test_sid_error_keeps_reason_and_line():
+    e = SIDError('Sony_val_list.txt', 'bad line', 3)
+    assert str(e) == 'Sony_val_list.txt:3: bad line' and e.reason == 'bad line' and e.line == 3
+    assert e.path == Path('Sony_val_list.txt')
+
 # ---------------------------------------------------------------- mini-SID and the cache
 
 @pytest.fixture(scope='module')
@@ -143,6 +158,10 @@ def test_mini_sid_from_clean_files(tmp_path):
     patterns = {tuple(map(tuple, describe(p.long).raw_pattern)) for p in pairs}
     assert len(patterns) == 2  # both phases kept
     assert describe(pairs[0].short).width == 96 and describe(pairs[0].short).height == 64
+
+def test_decode_packed_refuses_non_mosaics(tmp_path):
+    bad = tmp_path/'x.dng'; bad.write_text('hello')
+    with pytest.raises(DarknbError, match='x.dng'): decode_packed(bad)
 
 def direct_packed(path):
     with open_raw(path) as r:

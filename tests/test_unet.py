@@ -79,7 +79,7 @@ def test_padding_then_cropping():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="expects a \\(N, 4, H, W\\)"): sid_unet()(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="expected shape N x C x H x W, C = 4, got \\(1, 3, 16, 16\\)"): sid_unet()(torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="cfa must be one of"): sid_unet('foveon')
     with pytest.raises(ValueError, match="residual=True needs"): SIDUnet(4, 3, 2, residual=True)
     with pytest.raises(ValueError, match="down must be"): sid_unet(down='pool')
@@ -140,3 +140,26 @@ def test_every_network_trains(name):
     losses = overfit_batch(make(), xb, yb, steps=25)
     assert len(losses) == 25
     assert sum(losses[-3:]) / 3 < 0.85 * losses[0], losses
+
+
+def test_every_network_keeps_the_contract():
+    "Each registered factory declares its task and input; the network it builds states them in its `spec`."
+    for name, f in ARCHS.items():
+        for in_ch in (4, 9):
+            net = build_model(name, in_ch=in_ch, width=4, depth=2)
+            s = net_spec(net)
+            assert (s.task, s.in_ch) == (f.task, in_ch) and s.multiple == 2 and s.reach % s.multiple == 0
+            with torch.no_grad(): y = net(torch.rand(1, in_ch, 10, 14))
+            assert y.shape[1:] == (s.out_ch, 10*s.scale, 14*s.scale)
+    with pytest.raises(ValueError, match='4 \\(Bayer\\) or 9'): build_model('sid', in_ch=3)
+    assert net_spec(nn.Conv2d(4, 4, 3, padding=1)) == NetSpec('raw', 4, 4)   # a foreign network: measured
+
+def test_damaged_model_files_are_refused_before_building(tmp_path):
+    net = raw_denoiser(width=4, depth=2)
+    for kw, msg in [(dict(width=4, depth=2, colour='blue'), 'build no network'), (dict(width=-3), 'build no network')]:
+        f = save_model(tmp_path/'m.pth', net, 'denoiser', kw, overwrite=True)
+        with pytest.raises(ModelError, match=msg): load_model(f)
+    ck = torch.load(f, weights_only=True); del ck['arch_kwargs']; torch.save(ck, tmp_path/'no-kwargs.pth')
+    with pytest.raises(ModelError, match='damaged model file'): load_model(tmp_path/'no-kwargs.pth')
+    (tmp_path/'empty.pth').touch()
+    with pytest.raises(ModelError, match='empty file'): load_model(tmp_path/'empty.pth')

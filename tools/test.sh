@@ -8,26 +8,32 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# nbdev-test runs two notebooks at once on CI's 2 cores: one math thread each, or they slow each other down
+# several times over. Set here for the tests only; readers' notebooks use all their cores.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+
 sums() { find "$@" -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' \
            -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; }
-changed() { diff <(echo "$1") <(echo "$2") | grep '^[<>]' | awk '{print "  " $3}' | sort -u; }
+
+# unchanged WHAT FOLDER CMD...: run CMD and fail when it changes the files of FOLDER
+unchanged() {
+  local what=$1 dir=$2; shift 2
+  local before after
+  before=$(sums "$dir"); "$@" || return 1
+  after=$(sums "$dir")
+  if [ "$before" != "$after" ]; then
+    echo "FAIL: $what changed these files (run it and commit):"
+    diff <(echo "$before") <(echo "$after") | grep '^[<>]' | awk '{print "  " $3}' | sort -u
+    return 1
+  fi
+}
 
 status=0
 echo "== nbdev-export leaves darknb/ unchanged"
-before=$(sums darknb)
-nbdev-export || status=1
-after=$(sums darknb)
-if [ "$before" != "$after" ]; then
-  echo "FAIL: nbdev-export changed these files (run nbdev-export and commit):"; changed "$before" "$after"; status=1
-fi
+unchanged nbdev-export darknb nbdev-export || status=1
 
 echo "== notebooks are clean"
-before=$(sums nbs)
-nbdev-clean || status=1
-after=$(sums nbs)
-if [ "$before" != "$after" ]; then
-  echo "FAIL: nbdev-clean changed these notebooks (run nbdev-clean and commit):"; changed "$before" "$after"; status=1
-fi
+unchanged nbdev-clean nbs nbdev-clean || status=1
 
 echo "== nbdev-test (slow cells skipped)"
 nbdev-test --timing || status=1
