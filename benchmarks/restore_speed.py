@@ -25,20 +25,10 @@ the other jobs. The last part runs the light U-Net on 3, 12 and 27 megapixels: t
 import argparse, json, math, os, subprocess, sys, tempfile, time, shutil
 from pathlib import Path
 
-MB = 2**20
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository's darknb
 
-def status_kb(key:str)->int:
-    for line in open('/proc/self/status'):
-        if line.startswith(key+':'): return int(line.split()[1])
-    return 0
-
-def reset_peak():
-    "Reset VmHWM to the current resident size (Linux >= 4.0)."
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-    except OSError: pass
+from common import MB, status_kb, reset_peak, cpu_model
 
 # ---------------------------------------------------------------- the child: one measurement
 
@@ -135,7 +125,7 @@ def main():
     if a.child: return child(a)
 
     import torch
-    from darknb.restore import bf16_supported, default_model_path
+    from darknb.unet import bf16_supported, default_model_path
     from darknb.raw import DarknbError
     archs = list(a.archs)
     if a.model: archs.append(str(Path(a.model).resolve()))
@@ -148,7 +138,7 @@ def main():
         shape = make_input(tmp, a.mp)
         mp_out = shape[1]*shape[2]*4/1e6
         print(f'frame: packed {shape[0]} x {shape[1]} x {shape[2]} ({mp_out:.1f} MP mosaic); {a.threads} threads; '
-              f'bfloat16 on this CPU: {bf16_supported()}; tiles of at most {a.tile} packed px')
+              f'CPU {cpu_model()}, bfloat16 units: {bf16_supported()}; tiles of at most {a.tile} packed px')
         rows = []
         for arch in archs:
             name = arch if arch in ('sid', 'light') else Path(arch).name

@@ -24,23 +24,9 @@ removed at the end (unless --keep). Run from the repository root:
 import argparse, json, os, subprocess, sys, tempfile, time, shutil
 from pathlib import Path
 
-MB = 2**20
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's darknb
 
-def status_kb(key:str)->int:
-    "A value of /proc/self/status in kB (0 when unavailable)."
-    try:
-        for line in open('/proc/self/status'):
-            if line.startswith(key+':'): return int(line.split()[1])
-    except OSError: pass
-    return 0
-
-def reset_peak()->bool:
-    "Reset VmHWM to the current resident size (Linux >= 4.0, our own process)."
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-        return True
-    except OSError: return False
+from common import MB, status_kb, reset_peak, cpu_model
 
 def evict(paths):
     "Ask the kernel to drop these files (ours) from the page cache."
@@ -182,7 +168,7 @@ def main():
             print(f'  {n} pairs done', flush=True)
 
         print(f'\nSID-like pairs, mosaic {H}x{W} (packed 4x{H//2}x{W//2}), {a.shorts_per_long} shorts per long, '
-              f'task {a.task!r}, {a.patches} random {a.patch}x{a.patch} patches per run, 1 thread')
+              f'task {a.task!r}, {a.patches} random {a.patch}x{a.patch} patches per run, 1 thread; CPU {cpu_model()}')
         print('memory: peak above the process baseline; heap = tracemalloc (Python + numpy), RSS = VmHWM\n')
         hdr = f"{'pairs':>5}  {'method':<21} {'ready s':>7} {'heap MB':>8} {'peak RSS MB':>11} {'patches/s':>9}"
         print(hdr); print('-'*len(hdr))
