@@ -305,6 +305,8 @@ def open_raw(path # A RAW file LibRaw reads, or its contents as `bytes`
     else:
         path = _check_file(path); src = str(path)
         with open(path, 'rb') as f: head = f.read(512)
+        try: src.encode('utf-8')
+        except UnicodeEncodeError: src = io.BytesIO(path.read_bytes())  # a name that is not UTF-8: LibRaw cannot open it by name
     try:
         with quiet_stderr():
             raw = rawpy.imread(src)
