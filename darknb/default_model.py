@@ -102,9 +102,9 @@ def raw_psnr(a:np.ndarray, b:np.ndarray)->float:
 def dark_pair(clean:np.ndarray, # clean packed planes in [0, 1]
               ratio:float, span:float, # exposure ratio; white - black of the camera in DN
               iso:float=3200, seed:int=0)->np.ndarray:
-    "The amplified dark input (x ratio, clipped at 1) the α7S II noise model gives for `clean` at `ratio`."
+    "The amplified dark input (x ratio, clipped at 1) the α7S II noise model gives for `clean` at `ratio`, with its DN rescaled to `span` (`CameraNoiseModel.to_span`)."
     rng = np.random.default_rng(seed)
-    dark = add_noise(clean/np.float32(ratio), SONY_A7S2(iso), rng, dn_per_unit=span, packed=True)
+    dark = add_noise(clean/np.float32(ratio), SONY_A7S2.for_span(iso, span), rng, dn_per_unit=span, packed=True)
     return np.clip(np.asarray(dark, np.float32)*np.float32(ratio), 0, 1)
 
 def centre_crop(f, # a Bayer RAW file

@@ -6,26 +6,26 @@ Docs: https://darknb.github.io/darknb/metrics.html.md"""
 
 # %% ../nbs/06_metrics.ipynb #5ef1e7b9
 from __future__ import annotations
-import math
+import math, functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from fastai.learner import Metric
+from fastcore.meta import delegates
 
 # %% auto #0
-__all__ = ['psnr_metric', 'ssim_metric', 'mse_per_image', 'psnr', 'gaussian_window', 'ssim_map', 'ssim', 'ImageMetric',
-           'PSNRMetric', 'SSIMMetric', 'SSIMLoss', 'MixLoss']
+__all__ = ['mse_per_image', 'psnr', 'gaussian_window', 'ssim_map', 'ssim', 'ImageMetric', 'PSNRMetric', 'SSIMMetric', 'SSIMLoss',
+           'MixLoss']
 
 # %% ../nbs/06_metrics.ipynb #e7ca4671
-def _as_pair(pred:Tensor, targ:Tensor, fn:str)->tuple[Tensor, Tensor, bool]:
+def _as_pair(pred:Tensor, targ:Tensor)->tuple[Tensor, Tensor, bool]:
     "Plain float tensors of shape (N,C,H,W) from a (N,C,H,W) or (C,H,W) pair; True if it was a single image"
     pred, targ = torch.as_tensor(pred), torch.as_tensor(targ)
     pred, targ = pred.as_subclass(Tensor), targ.as_subclass(Tensor)  # drop fastai types such as TensorImage
     if pred.shape != targ.shape:
-        raise ValueError(f"darknb.metrics.{fn}: prediction {tuple(pred.shape)} and target {tuple(targ.shape)} differ in shape")
+        raise ValueError(f"pred and targ: shapes {tuple(pred.shape)} and {tuple(targ.shape)} differ in shape")
     if pred.ndim not in (3, 4):
-        raise ValueError(f"darknb.metrics.{fn}: expected images (N,C,H,W) or (C,H,W), got shape {tuple(pred.shape)}")
+        raise ValueError(f"pred: expected images (N,C,H,W) or (C,H,W), got shape {tuple(pred.shape)}")
     single = pred.ndim == 3
     if single: pred, targ = pred[None], targ[None]
     dt = torch.promote_types(torch.promote_types(pred.dtype, targ.dtype), torch.float32)
@@ -36,7 +36,7 @@ def mse_per_image(pred:Tensor, # predictions (N,C,H,W) or (C,H,W)
                   targ:Tensor # targets, same shape
                  )->Tensor:
     "Mean squared error of each image: shape (N,), or () for a single image"
-    pred, targ, single = _as_pair(pred, targ, 'mse_per_image')
+    pred, targ, single = _as_pair(pred, targ)
     m = (pred - targ).pow(2).flatten(1).mean(1)
     return m[0] if single else m
 
@@ -57,7 +57,7 @@ def gaussian_window(size:int=11, # number of taps (odd)
                     dtype:torch.dtype=torch.float32, device=None
                    )->Tensor:
     "Normalised 1-D Gaussian window (sums to 1), the separable factor of SSIM's 2-D window"
-    if size < 1 or size % 2 == 0: raise ValueError(f"darknb.metrics.gaussian_window: size must be odd and >= 1, got {size}")
+    if size < 1 or size % 2 == 0: raise ValueError(f"size: must be odd and at least 1, got {size}")
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     w = torch.exp(-x**2 / (2 * sigma**2))
     return w / w.sum()
@@ -77,10 +77,10 @@ def ssim_map(pred:Tensor, # predictions (N,C,H,W) or (C,H,W)
              K1:float=0.01, K2:float=0.03 # stabilising constants of Wang et al.
             )->Tensor:
     "Local SSIM at every valid window position: (N,C,H-win_size+1,W-win_size+1)"
-    pred, targ, single = _as_pair(pred, targ, 'ssim')
+    pred, targ, single = _as_pair(pred, targ)
     n, c, h, w = pred.shape
     if h < win_size or w < win_size:
-        raise ValueError(f"darknb.metrics.ssim: images of {h}x{w} pixels are smaller than the {win_size}x{win_size} window")
+        raise ValueError(f"win_size: images of {h}x{w} pixels are smaller than the {win_size}x{win_size} window")
     win = gaussian_window(win_size, sigma, pred.dtype, pred.device)
     stats = _filter_valid(torch.cat([pred, targ, pred*pred, targ*targ, pred*targ], 1), win)
     mx, my, mxx, myy, mxy = stats.split(c, 1)
@@ -89,20 +89,27 @@ def ssim_map(pred:Tensor, # predictions (N,C,H,W) or (C,H,W)
     s = (2*mx*my + C1) * (2*cxy + C2) / ((mx*mx + my*my + C1) * (vx + vy + C2))
     return s[0] if single else s
 
+@delegates(ssim_map)
 def ssim(pred:Tensor, # predictions (N,C,H,W) or (C,H,W)
          targ:Tensor, # targets, same shape
-         data_range:float=1., # largest minus smallest possible value
-         win_size:int=11, # Gaussian window size (odd)
-         sigma:float=1.5, # Gaussian window standard deviation
-         K1:float=0.01, K2:float=0.03 # stabilising constants of Wang et al.
+         **kwargs # `ssim_map`'s: data_range, win_size, sigma, K1, K2
         )->Tensor:
     "Mean SSIM of each image (channels averaged, valid windows only): shape (N,), or () for one image"
-    s = ssim_map(pred, targ, data_range, win_size, sigma, K1, K2)
-    return s.flatten(-3).mean(-1)
+    return ssim_map(pred, targ, **kwargs).flatten(-3).mean(-1)
+
+# %% ../nbs/06_metrics.ipynb #075caeff
+@functools.cache
+def _with_fastai_metric(cls:type)->type:
+    "`cls` with fastai's `Metric` as a further base class (made once per class; imports fastai)"
+    import darknb.core  # first: its warning filter quiets fastai's import (it calls the deprecated `torch.jit.script`)
+    from fastai.learner import Metric
+    return type(cls.__name__, (cls, Metric), dict(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__))
 
 # %% ../nbs/06_metrics.ipynb #77b2218a
-class ImageMetric(Metric):
+class ImageMetric:
     "fastai metric: mean over images of `func(pred, targ)` (one value per image), whatever the batch sizes"
+    def __new__(cls, *args, **kwargs): return object.__new__(_with_fastai_metric(cls))
+
     def __init__(self,
                  func, # (pred, targ) -> one value per image, shape (N,)
                  name:str, # column name in fastai's results
@@ -141,35 +148,32 @@ class PSNRMetric(ImageMetric):
                  clamp:bool=True): # clamp predictions to [0, 1] first
         super().__init__(lambda p, t: psnr(p, t, data_range, max_db), 'psnr', clamp)
 
+@delegates(ssim_map)
 class SSIMMetric(ImageMetric):
     "Per-image mean SSIM (Gaussian window, channels averaged) as a fastai metric"
-    def __init__(self, data_range:float=1., # largest minus smallest possible value
-                 clamp:bool=True, # clamp predictions to [0, 1] first
-                 **kwargs): # win_size, sigma, K1, K2 for `ssim`
-        super().__init__(lambda p, t: ssim(p, t, data_range, **kwargs), 'ssim', clamp)
-
-psnr_metric = PSNRMetric()
-ssim_metric = SSIMMetric()
+    def __init__(self, clamp:bool=True, # clamp predictions to [0, 1] first
+                 **kwargs): # `ssim_map`'s data_range, win_size, sigma, K1, K2
+        super().__init__(lambda p, t: ssim(p, t, **kwargs), 'ssim', clamp)
 
 # %% ../nbs/06_metrics.ipynb #efb47f75
+@delegates(ssim_map)
 class SSIMLoss(nn.Module):
     "1 - mean SSIM of the batch: a differentiable loss (N,C,H,W) -> scalar"
-    def __init__(self, data_range:float=1., # largest minus smallest possible value
-                 **kwargs): # win_size, sigma, K1, K2 for `ssim`
+    def __init__(self, **kwargs): # `ssim_map`'s data_range, win_size, sigma, K1, K2
         super().__init__()
-        self.data_range, self.kwargs = data_range, kwargs
+        self.kwargs = kwargs
 
     def forward(self, pred:Tensor, targ:Tensor)->Tensor:
-        return 1 - ssim(pred, targ, self.data_range, **self.kwargs).mean()
+        return 1 - ssim(pred, targ, **self.kwargs).mean()
 
+@delegates(ssim_map)
 class MixLoss(nn.Module):
     "`alpha`*(1-SSIM) + (1-`alpha`)*L1, after Zhao et al. 2017 (single-scale SSIM, plain L1)"
     def __init__(self, alpha:float=0.84, # weight of the SSIM term
-                 data_range:float=1., # largest minus smallest possible value
-                 **kwargs): # win_size, sigma, K1, K2 for `ssim`
+                 **kwargs): # `ssim_map`'s data_range, win_size, sigma, K1, K2
         super().__init__()
-        if not 0 <= alpha <= 1: raise ValueError(f"darknb.metrics.MixLoss: alpha must be in [0, 1], got {alpha}")
-        self.alpha, self.ssim_loss = alpha, SSIMLoss(data_range, **kwargs)
+        if not 0 <= alpha <= 1: raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
+        self.alpha, self.ssim_loss = alpha, SSIMLoss(**kwargs)
 
     def forward(self, pred:Tensor, targ:Tensor)->Tensor:
         pred_, targ_ = pred.as_subclass(Tensor), targ.as_subclass(Tensor)

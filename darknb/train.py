@@ -6,12 +6,13 @@ Docs: https://darknb.github.io/darknb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #515c5d56
 from __future__ import annotations
-import os, sys, json, math, time, random, shutil, tempfile, warnings, argparse, hashlib
+import os, sys, json, math, time, random, tempfile, warnings, hashlib
 from pathlib import Path
 from typing import Callable
 import numpy as np
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 import torch.distributed as dist
+from .core import DarknbError, atomic_path, to_plain, command, number, one_of  # first: it quiets fastai's import
 from fastcore.foundation import L
 from fastcore.basics import noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, set_seed
@@ -21,21 +22,19 @@ from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastai.callback.schedule import LRFinder  # also adds `fit_one_cycle` and `lr_find` to `Learner`
+from fastai.callback.channelslast import ChannelsLast
 from fastai.optimizer import Adam
-with warnings.catch_warnings():
-    warnings.simplefilter('ignore', FutureWarning)
-    from fastai.callback.channelslast import ChannelsLast
-from .raw import DarknbError, RAW_EXTS, atomic_path, sample_raw_files, example_raw_files
+from .raw import RAW_EXTS, sample_raw_files, example_raw_files
 from .sid import RawCache, SIDDataset, SyntheticPairs, sid_pairs, mini_sid, packed_preview, TASKS
-from .unet import ARCHS, build_model, model_task, in_channels, param_count, save_model
+from .unet import ARCHS, CFA_OF_CHANNELS, build_model, bf16_supported, param_count, save_model
 from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr
 
 # %% auto #0
 __all__ = ['SOURCES', 'DEFAULT_ARCH', 'LOSSES', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TRAIN_DEFAULTS', 'RUN_FILES', 'TrainError',
-           'resolve_source', 'make_dls', 'make_model', 'make_loss', 'cpu_has_bf16', 'pick_precision', 'Autocast',
-           'precision_cbs', 'rng_states', 'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner',
-           'make_learner', 'step_time', 'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer', 'setup_distributed',
-           'weights_digest', 'train', 'train_cmd', 'add_train_args', 'train_main', 'input_scores', 'quick_train']
+           'resolve_source', 'make_dls', 'make_model', 'make_loss', 'pick_precision', 'Autocast', 'precision_cbs',
+           'rng_states', 'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner', 'make_learner',
+           'step_time', 'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer', 'setup_distributed',
+           'weights_digest', 'train', 'train_cmd', 'input_scores', 'quick_train']
 
 # %% ../nbs/07_train.ipynb #17a0a758
 class TrainError(DarknbError):
@@ -156,51 +155,45 @@ def make_model(task:str='raw', # 'raw' or 'srgb'
                arch:str|None=None, # a name from `darknb.unet.ARCHS`; None: `DEFAULT_ARCH[task]`
                arch_kwargs:dict|None=None, # e.g. dict(width=16, depth=4)
                in_ch:int=4, # packed channels of the data: 4 Bayer, 9 X-Trans
-               zero_head:bool=True # a residual network starts as the identity (its last layer zeroed)
+               zero_head:bool=True # a residual network starts as the identity (its `head` zeroed)
               )->tuple[nn.Module, str, dict]:
     "A fresh network for `task`, with its `ARCHS` name and the complete arguments that rebuild it."
     arch = arch or DEFAULT_ARCH.get(task)
     if arch not in ARCHS: raise TrainError(f'--arch {arch!r}: choose one of {sorted(ARCHS)}')
+    f = ARCHS[arch]
+    if f.task!=task: raise TrainError(f"--arch {arch} makes a {f.task} network; --task {task} needs {' or '.join(a for a in ARCHS if ARCHS[a].task==task)}")
     kw = dict(arch_kwargs or {})
-    if arch=='denoiser': kw.setdefault('in_ch', in_ch)
-    else: kw.setdefault('cfa', {4: 'bayer', 9: 'xtrans'}.get(in_ch, 'bayer'))
-    try: model = build_model(arch, **kw)
+    try: model = build_model(arch, **{'in_ch': in_ch, **kw})  # the saved arguments of a resumed run may name it
     except (TypeError, ValueError) as e: raise TrainError(f'--arch {arch} with {kw}: {str(e).splitlines()[0]}') from None
-    if model_task(model)!=task:
-        raise TrainError(f"--arch {arch} makes a {model_task(model)} network; --task {task} needs {'denoiser' if task=='raw' else 'sid, res or light'}")
-    if in_channels(model)!=in_ch: raise TrainError(f'--arch {arch} takes {in_channels(model)} input channels, the data has {in_ch}')
-    if zero_head and getattr(model, 'residual', False) and isinstance(getattr(model, 'head', None), nn.Conv2d):
-        nn.init.zeros_(model.head.weight); nn.init.zeros_(model.head.bias)
+    s = model.spec
+    if s.in_ch!=in_ch: raise TrainError(f'--arch {arch} takes {s.in_ch} input channels, the data has {in_ch}')
+    if f.takes=='in_ch': kw.setdefault('in_ch', in_ch)  # the model file rebuilds it from these alone
+    else: kw.setdefault('cfa', CFA_OF_CHANNELS[in_ch])
+    if zero_head and s.residual: nn.init.zeros_(model.head.weight); nn.init.zeros_(model.head.bias)
     return model, arch, kw
 
 # %% ../nbs/07_train.ipynb #86366b27
-LOSSES = {'l1': 'mean absolute error (SID)', 'l2': 'mean squared error', 'ssim': '1 - SSIM', 'mix': '0.84 (1 - SSIM) + 0.16 L1'}
+LOSSES = {'l1':   (nn.L1Loss,  'mean absolute error (SID)'),
+          'l2':   (nn.MSELoss, 'mean squared error'),
+          'ssim': (SSIMLoss,   '1 - SSIM'),
+          'mix':  (MixLoss,    '0.84 (1 - SSIM) + 0.16 L1')}  # name: (factory, what it is)
 
 def make_loss(name:str='l1')->nn.Module:
-    "The training loss called `name` (see `LOSSES`)."
-    if name=='l1': return nn.L1Loss()
-    if name=='l2': return nn.MSELoss()
-    if name=='ssim': return SSIMLoss()
-    if name=='mix': return MixLoss()
-    raise TrainError(f'--loss {name!r}: choose one of {list(LOSSES)}')
+    "A new training loss: `LOSSES[name]`'s."
+    if name not in LOSSES: raise TrainError(f'--loss {name!r}: choose one of {list(LOSSES)}')
+    return LOSSES[name][0]()
 
 # %% ../nbs/07_train.ipynb #5dc5e65f
 PRECISIONS = {'auto': 'bf16 on a GPU or CPU with bfloat16 units, fp16 on older GPUs, else fp32',
               'fp32': 'float32 everywhere', 'bf16': 'bfloat16 autocast (no loss scaling)',
               'fp16': 'float16 autocast with loss scaling (GPUs only)'}
 
-def cpu_has_bf16()->bool:
-    "Whether this CPU has bfloat16 arithmetic units (AVX512-BF16 or AMX)."
-    try: caps = torch.cpu.get_capabilities()
-    except Exception: return False
-    return bool(caps.get('amx_bf16') or caps.get('avx512_bf16'))
-
 def pick_precision(precision:str='auto', device=None)->str:
     "'fp32', 'bf16' or 'fp16' for `precision` on `device`: what 'auto' means here, and whether the device can do it."
     if precision not in PRECISIONS: raise TrainError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
     dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     cuda = dev.type=='cuda'
-    if precision=='auto': return ('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if cuda else ('bf16' if cpu_has_bf16() else 'fp32')
+    if precision=='auto': return 'bf16' if bf16_supported(dev) else 'fp16' if cuda else 'fp32'
     if precision=='fp16' and not cuda: raise TrainError('--precision fp16 needs a GPU (float16 on a CPU is slow); use bf16 or fp32')
     return precision
 
@@ -233,22 +226,13 @@ def precision_cbs(precision:str, device=None)->list:
 # %% ../nbs/07_train.ipynb #205f0b90
 CHECKPOINT_FORMAT = 'darknb-checkpoint'
 
-def _plain(o):
-    "`o` with numpy scalars and arrays, fastcore `L`s and tuples turned into plain Python (loadable with `weights_only`)."
-    if isinstance(o, dict): return {k: _plain(v) for k,v in o.items()}
-    if isinstance(o, (list, tuple, L)): return [_plain(v) for v in o]
-    if isinstance(o, np.ndarray): return o.tolist()
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, (Path, str)): return str(o)  # also str subclasses such as torch's version string
-    return o
-
 def rng_states(dls:DataLoaders|None=None)->dict:
     "The states of torch's (CPU and CUDA), numpy's and Python's global generators and of the data loaders' own."
     kind,keys,pos,has_gauss,cached = np.random.get_state()
     st = dict(torch=torch.get_rng_state(), numpy=[kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-              python=_plain(random.getstate()),
+              python=to_plain(random.getstate()),
               cuda=[s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [])
-    if dls is not None: st['loaders'] = [_plain(dl.rng.getstate()) if hasattr(dl, 'rng') else None for dl in dls.loaders]
+    if dls is not None: st['loaders'] = [to_plain(dl.rng.getstate()) if hasattr(dl, 'rng') else None for dl in dls.loaders]
     return st
 
 def set_rng_states(st:dict, dls:DataLoaders|None=None):
@@ -270,14 +254,14 @@ class Checkpoint(Callback):
     def before_fit(self):
         lr = getattr(self.learn, '_lr_max', None)
         lr = self.learn.lr if lr is None else lr
-        self.lr_max = float(lr) if isinstance(lr, (int, float, np.floating)) else _plain(lr)
+        self.lr_max = float(lr) if isinstance(lr, (int, float, np.floating)) else to_plain(lr)
     def after_epoch(self):
         if rank_distrib(): return
         best = next((cb.best for cb in self.learn.cbs if isinstance(cb, SaveModelCallback)), None)
         ck = dict(format=CHECKPOINT_FORMAT, version=1, epoch=self.epoch+1, n_epoch=self.n_epoch, lr=self.lr_max,
-                  best=None if best is None else float(best), recipe=_plain(getattr(self.learn, 'recipe', {})),
+                  best=None if best is None else float(best), recipe=to_plain(getattr(self.learn, 'recipe', {})),
                   model={k: v.detach().cpu() for k,v in get_model(self.model).state_dict().items()},
-                  opt=_plain(self.opt.state_dict()), rng=rng_states(self.dls),
+                  opt=to_plain(self.opt.state_dict()), rng=rng_states(self.dls),
                   smooth_loss=dict(count=self.recorder.smooth_loss.count, val=self.recorder.smooth_loss.val.detach().cpu()))
         path = self.path/self.model_dir/f'{self.fname}.pth'
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +403,7 @@ class DarkLearner(Learner):
         "Save the network as a darknb model file (`darknb.unet.save_model`) with its recipe and `meta`."
         r = self.recipe
         if r.get('arch') not in ARCHS: raise TrainError(f"{path}: a network not built from darknb.unet.ARCHS ({r.get('arch')!r}) cannot be a darknb model file; use torch.save")
-        return save_model(path, get_model(self.model), r.get('arch'), r.get('arch_kwargs'), _plain(dict(recipe=r, **meta)), overwrite)
+        return save_model(path, get_model(self.model), r.get('arch'), r.get('arch_kwargs'), to_plain(dict(recipe=r, **meta)), overwrite)
 
 # %% ../nbs/07_train.ipynb #a8d53052
 def _scratch_dir()->Path:
@@ -462,7 +446,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
         learn.remove_cb(ProgressCallback); learn.logger = noop
     learn.out_dir = Path(out_dir) if out_dir is not None else None
     src = getattr(dls, 'source', None)
-    learn.recipe = _plain(dict(source=src['name'] if src else 'custom', task=task, arch=arch, arch_kwargs=kw, patch=patch, bs=bs,
+    learn.recipe = to_plain(dict(source=src['name'] if src else 'custom', task=task, arch=arch, arch_kwargs=kw, patch=patch, bs=bs,
                                loss=loss, lr=lr, seed=seed, precision=precision, precision_used=prec,
                                ratio=list(ratio) if src and src['kind']=='raw' else None, noise=noise if isinstance(noise, str) else 'custom',
                                length=len(dls.train_ds), n_valid=len(dls.valid_ds), params=param_count(model)))
@@ -682,17 +666,35 @@ def train(source=None, # a data source (see `resolve_source`); on --resume, that
     return learn
 
 # %% ../nbs/07_train.ipynb #b252a3d2
-def train_cmd(source=None, out='darknb-train', task=None, arch=None, width=None, depth=None, patch=None, bs=None, epochs=None,
-              lr=None, loss=None, seed=None, ratio_min=None, ratio_max=None, length=None, n_valid=None, precision=None,
-              resume:bool=False, cpu:bool=False, force:bool=False, workers:int=0)->int:
-    "`darknb train`: train on `source`, write the run files to `out`; 0 on success (errors raise `TrainError`)."
+@command
+def train_cmd(source:str=None, # SID folder, folder of clean RAW files, or mini-sid, samples, examples (on --resume: the run's)
+              *,
+              out:str='darknb-train', # output folder
+              task:one_of(TASKS)=None, # raw: RAW denoising (packed in, packed out); srgb: RAW to sRGB like SID (default raw)
+              arch:one_of(ARCHS)=None, # network (default: denoiser for raw, light for srgb)
+              width:number(1, 1024, integer=True)=None, # channels of the first U-Net level
+              depth:number(1, 10, integer=True)=None, # U-Net levels
+              patch:number(16, 8192, integer=True)=None, # training crop in packed pixels (default 128)
+              bs:number(1, 4096, integer=True)=None, # batch size per process (default 8)
+              epochs:number(1, 1e6, integer=True)=None, # epochs of the one-cycle schedule (default 10)
+              lr:number(0, 10, lo_open=True, words=('find',))=None, # peak learning rate (default 1e-3), or 'find' for the learning-rate finder's suggestion
+              loss:one_of(LOSSES)=None, # training loss (default l1)
+              seed:number(0, 2**32-1, integer=True)=None, # random seed (default 0)
+              ratio_min:number(1, 1e6)=None, # smallest exposure ratio of synthetic dark frames (default 100)
+              ratio_max:number(1, 1e6)=None, # largest exposure ratio of synthetic dark frames (default 300)
+              length:number(1, 1e9, integer=True)=None, # training items per epoch
+              n_valid:number(1, 1e9, integer=True)=None, # validation items
+              precision:one_of(PRECISIONS)=None, # auto (default), fp32, bf16 or fp16
+              workers:number(0, 64, integer=True)=0, # data-loading processes
+              resume:bool=False, # continue the interrupted run in the output folder
+              cpu:bool=False, # train on the CPU even when there is a GPU
+              force:bool=False # start again in an output folder that has files (replacing only the run files)
+             )->int:
+    "Train a network that restores dark RAW photos; write its checkpoints, log and model to the output folder."
     akw = {k: v for k,v in dict(width=width, depth=depth).items() if v is not None} or None
     if (ratio_min is None)!=(ratio_max is None) and not resume:
         ratio_min,ratio_max = ratio_min or TRAIN_DEFAULTS['ratio'][0], ratio_max or TRAIN_DEFAULTS['ratio'][1]
     ratio = None if ratio_min is None and ratio_max is None else (ratio_min, ratio_max)
-    if isinstance(lr, str) and lr!='find':
-        try: lr = float(lr)
-        except ValueError: raise TrainError(f"--lr {lr}: a number, or 'find' for the learning-rate finder") from None
     learn = train(source, out, resume=resume, force=force, cpu=cpu, num_workers=workers, task=task, arch=arch, arch_kwargs=akw,
                   patch=patch, bs=bs, epochs=epochs, lr=lr, loss=loss, seed=seed, ratio=ratio, length=length, n_valid=n_valid,
                   precision=precision)
@@ -700,40 +702,6 @@ def train_cmd(source=None, out='darknb-train', task=None, arch=None, width=None,
         f = learn.final
         print(f"best epoch {f['best_epoch']} of {f['epochs']}: PSNR {f['psnr']:.2f} dB, SSIM {f['ssim']:.4f}; model written to {Path(out)/'model.pt'}")
     return 0
-
-def add_train_args(p:argparse.ArgumentParser)->argparse.ArgumentParser:
-    "Declare the options of `train_cmd` on `p` (the `darknb train` sub-parser)."
-    p.add_argument('source', nargs='?', help=f"SID folder, folder of clean RAW files, or {' / '.join(SOURCES)} (default on --resume: the run's)")
-    p.add_argument('-o', '--out', default='darknb-train', help='output folder (default: darknb-train)')
-    p.add_argument('--task', choices=TASKS, help="raw: RAW denoising (packed in, packed out); srgb: RAW to sRGB like SID (default raw)")
-    p.add_argument('--arch', choices=sorted(ARCHS), help='network (default: denoiser for raw, light for srgb)')
-    p.add_argument('--width', type=int, help='channels of the first U-Net level')
-    p.add_argument('--depth', type=int, help='U-Net levels')
-    p.add_argument('--patch', type=int, help='training crop in packed pixels (default 128)')
-    p.add_argument('--bs', type=int, help='batch size per process (default 8)')
-    p.add_argument('--epochs', type=int, help='epochs of the one-cycle schedule (default 10)')
-    p.add_argument('--lr', help="peak learning rate (default 1e-3), or 'find' to use the learning-rate finder's suggestion")
-    p.add_argument('--loss', choices=list(LOSSES), help='training loss (default l1)')
-    p.add_argument('--seed', type=int, help='random seed (default 0)')
-    p.add_argument('--ratio-min', type=float, help='smallest exposure ratio of synthetic dark frames (default 100)')
-    p.add_argument('--ratio-max', type=float, help='largest exposure ratio of synthetic dark frames (default 300)')
-    p.add_argument('--length', type=int, help='training items per epoch')
-    p.add_argument('--n-valid', type=int, help='validation items')
-    p.add_argument('--precision', choices=list(PRECISIONS), help='auto (default), fp32, bf16 or fp16')
-    p.add_argument('--resume', action='store_true', help='continue the interrupted run in the output folder')
-    p.add_argument('--cpu', action='store_true', help='train on the CPU even when there is a GPU')
-    p.add_argument('--force', action='store_true', help='start again in an output folder that has files')
-    p.add_argument('--workers', type=int, default=0, help='data-loading processes (default 0)')
-    return p
-
-def train_main(argv:list|None=None)->int:
-    "`python -m darknb.train ...`: the `darknb train` command (also under `torchrun`)."
-    args = add_train_args(argparse.ArgumentParser(prog='darknb train', description='Train a network that restores dark RAW photos.')).parse_args(argv)
-    try: return train_cmd(**vars(args))
-    except DarknbError as e: print(f'darknb: error: {e}', file=sys.stderr); return 1
-    except KeyboardInterrupt: return 130
-
-if __name__=='__main__' and '__file__' in globals(): sys.exit(train_main())
 
 # %% ../nbs/07_train.ipynb #ece21d27
 def input_scores(dls:DataLoaders)->dict:

@@ -1,7 +1,8 @@
 "Tests of darknb.metrics: PSNR/SSIM against scikit-image on real photos, per-image averaging, losses."
 import io
 import math
-import warnings
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,9 +14,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr, structural_similarity as sk_ssim
 
-warnings.filterwarnings('ignore', category=FutureWarning, module='torch')
 from darknb.metrics import (mse_per_image, psnr, ssim, ssim_map, gaussian_window, ImageMetric, PSNRMetric,
-                            SSIMMetric, psnr_metric, ssim_metric, SSIMLoss, MixLoss)
+                            SSIMMetric, SSIMLoss, MixLoss)
 
 
 def _photo(name):
@@ -91,12 +91,13 @@ def test_identical_images():
 
 
 def test_input_errors():
+    "One line that names the argument at fault, no module prefix"
     a = torch.rand(2, 3, 16, 16)
-    with pytest.raises(ValueError, match="differ in shape"): psnr(a, a[:1])
-    with pytest.raises(ValueError, match="smaller than the 11x11 window"): ssim(a[..., :10, :10], a[..., :10, :10])
-    with pytest.raises(ValueError, match=r"\(N,C,H,W\)"): ssim(a[0, 0], a[0, 0])
-    with pytest.raises(ValueError, match="odd"): gaussian_window(4)
-    with pytest.raises(ValueError, match="alpha"): MixLoss(alpha=-0.1)
+    with pytest.raises(ValueError, match="^pred and targ: .*differ in shape"): psnr(a, a[:1])
+    with pytest.raises(ValueError, match="^win_size: .*smaller than the 11x11 window"): ssim(a[..., :10, :10], a[..., :10, :10])
+    with pytest.raises(ValueError, match=r"^pred: .*\(N,C,H,W\)"): ssim(a[0, 0], a[0, 0])
+    with pytest.raises(ValueError, match="^size: .*odd"): gaussian_window(4)
+    with pytest.raises(ValueError, match="^alpha: "): MixLoss(alpha=-0.1)
     w = gaussian_window(11, 1.5, torch.float64)
     assert abs(w.sum().item() - 1) < 1e-12 and w.argmax() == 5
 
@@ -128,10 +129,29 @@ def test_metric_clamps_and_names():
     assert abs(m.value - psnr(x.clamp(0, 1), y).mean().item()) < 1e-5
     m = PSNRMetric(clamp=False); m.update(x, y)
     assert abs(m.value - 20 * math.log10(1 / 0.3)) < 1e-3
-    assert psnr_metric.name == 'psnr' and ssim_metric.name == 'ssim'
+    assert PSNRMetric().name == 'psnr' and SSIMMetric().name == 'ssim'
     m = ImageMetric(lambda p, t: (p - t).abs().flatten(1).mean(1), 'mae')
     assert m.value is None
     m.update(x, y); assert m.name == 'mae'
+
+
+def test_import_needs_no_fastai():
+    "psnr, ssim and the losses need torch alone (darknb.restore scores with them); the first metric made imports fastai"
+    code = ("import sys, darknb.metrics as m; assert not {'fastai', 'pandas'} & set(sys.modules); "
+            "m.psnr(m.torch.ones(3, 16, 16), m.torch.ones(3, 16, 16)); m.SSIMLoss(); assert 'fastai' not in sys.modules; "
+            "p = m.PSNRMetric(); from fastai.learner import Metric; assert isinstance(p, Metric) and isinstance(p, m.PSNRMetric)")
+    r = subprocess.run([sys.executable, '-W', 'error::FutureWarning', '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert type(PSNRMetric()) is type(PSNRMetric())            # one class per metric, made once
+
+
+def test_ssim_parameters_are_delegated():
+    import inspect
+    want = ['data_range', 'win_size', 'sigma', 'K1', 'K2']
+    for f in (ssim, SSIMLoss, MixLoss, SSIMMetric): assert all(k in inspect.signature(f).parameters for k in want), f
+    y = torch.rand(2, 3, 24, 24); x = (y + 0.1 * torch.randn(y.shape)).clamp(0, 1)
+    assert torch.allclose(ssim(x, y, win_size=7, sigma=1.0), ssim_map(x, y, win_size=7, sigma=1.0).flatten(1).mean(1))
+    assert torch.allclose(SSIMLoss(win_size=7)(x, y), 1 - ssim(x, y, win_size=7).mean())
 
 
 def test_fastai_learner_reports_per_image_mean():

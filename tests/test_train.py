@@ -4,11 +4,13 @@ from pathlib import Path
 import numpy as np
 import pytest, torch, tifffile
 
-from darknb.raw import DarknbError, sample_raw_files
+import darknb.cli, darknb.train
+from darknb.core import DarknbError, ArgError
+from darknb.raw import sample_raw_files
 from darknb.unet import load_model
 from darknb.train import (TrainError, resolve_source, make_dls, make_model, make_loss, make_learner, pick_precision, train,
-                          train_cmd, train_main, quick_train, input_scores, distribute_dl, StopAfter, rng_states, set_rng_states,
-                          weights_digest, RUN_FILES)
+                          train_cmd, quick_train, input_scores, distribute_dl, StopAfter, rng_states, set_rng_states,
+                          weights_digest, LOSSES, RUN_FILES)
 
 TINY = dict(arch_kwargs=dict(width=8, depth=2), patch=32, bs=4, length=16, n_valid=4, progress=False)
 CMD = dict(width=8, depth=2, patch=32, bs=4, length=16, n_valid=4)
@@ -87,8 +89,10 @@ def test_model_and_loss_choices():
         with pytest.raises(TrainError) as e: bad()
         _one_line(e, word)
     p,t = torch.rand(2, 4, 32, 32), torch.rand(2, 4, 32, 32)
-    for name in ('l1', 'l2', 'ssim', 'mix'):
+    assert list(LOSSES)==['l1', 'l2', 'ssim', 'mix'] and all(isinstance(d, str) and d for _,d in LOSSES.values())
+    for name in LOSSES:
         l = make_loss(name)(p, t); assert l.ndim==0 and float(l)>0 and float(make_loss(name)(t, t))<1e-5
+    assert make_loss('l1') is not make_loss('l1')                # a new loss each time
 
 # --- training -----------------------------------------------------------------------------------------------------
 
@@ -183,7 +187,7 @@ def test_distribute_dl_splits_an_epoch():
 
 def test_train_cmd_end_to_end(tmp_path, capsys):
     out = tmp_path/'run'
-    assert train_cmd('samples', out, epochs=2, seed=3, **CMD)==0
+    assert train_cmd('samples', out=out, epochs=2, seed=3, **CMD)==0
     assert 'model written to' in capsys.readouterr().out
     for f in ('recipe.json', 'log.csv', 'history.png', 'model.pt', 'checkpoints/last.pth', 'checkpoints/best.pth'): assert (out/f).is_file(), f
     log = (out/'log.csv').read_text().splitlines()
@@ -202,13 +206,13 @@ def test_train_cmd_resumes_after_an_interruption(tmp_path):
     out = tmp_path/'run'
     with pytest.raises(KeyboardInterrupt): train('samples', out, epochs=3, extra_cbs=[StopAfter(1)], progress=False, **TINY_TRAIN)
     assert not (out/'model.pt').exists() and _ckpt(out)['epoch']==2
-    with pytest.raises(TrainError) as e: train_cmd('samples', out, epochs=3, **CMD)
+    with pytest.raises(TrainError) as e: train_cmd('samples', out=out, epochs=3, **CMD)
     _one_line(e, 'not empty', '--resume', '--force')
-    with pytest.raises(TrainError) as e: train_cmd(None, out, epochs=4, resume=True)
+    with pytest.raises(TrainError) as e: train_cmd(None, out=out, epochs=4, resume=True)
     _one_line(e, '--epochs 4 differs')
-    with pytest.raises(TrainError) as e: train_cmd(None, out, patch=64, resume=True)
+    with pytest.raises(TrainError) as e: train_cmd(None, out=out, patch=64, resume=True)
     _one_line(e, '--patch 64 differs')
-    assert train_cmd(None, out, resume=True, width=8)==0       # options left out come from recipe.json
+    assert train_cmd(None, out=out, resume=True, width=8)==0       # options left out come from recipe.json
     assert [l.split(',')[0] for l in (out/'log.csv').read_text().splitlines()]==['epoch', '0', '1', '2']
     assert load_model(out/'model.pt')[1]['meta']['scores']['epochs']==3
 
@@ -217,9 +221,9 @@ TINY_TRAIN = dict(arch_kwargs=dict(width=8, depth=2), patch=32, bs=4, length=16,
 def test_force_replaces_only_run_files(tmp_path):
     out = tmp_path/'run'; out.mkdir()
     (out/'notes.txt').write_text('mine')
-    with pytest.raises(TrainError) as e: train_cmd('samples', out, epochs=1, **CMD)
+    with pytest.raises(TrainError) as e: train_cmd('samples', out=out, epochs=1, **CMD)
     _one_line(e, str(out))
-    assert train_cmd('samples', out, epochs=1, force=True, **CMD)==0
+    assert train_cmd('samples', out=out, epochs=1, force=True, **CMD)==0
     assert (out/'notes.txt').read_text()=='mine' and (out/'model.pt').is_file()
 
 @pytest.mark.parametrize('kw,words', [
@@ -229,23 +233,49 @@ def test_force_replaces_only_run_files(tmp_path):
     (dict(loss='huber'), ['--loss']), (dict(precision='fp16', cpu=True), ['--precision fp16']),
     (dict(resume=True, force=True), ['--resume and --force']), (dict(resume=True), ['nothing to resume'])])
 def test_bad_options_give_one_line(tmp_path, kw, words):
-    with pytest.raises(TrainError) as e: train_cmd('samples', tmp_path/'out', **{**CMD, **kw})
+    with pytest.raises(TrainError) as e: train_cmd('samples', out=tmp_path/'out', **{**CMD, **kw})
     _one_line(e, *words)
 
 def test_bad_sources_give_one_line(tmp_path):
     empty = tmp_path/'empty'; empty.mkdir()
-    with pytest.raises(TrainError) as e: train_cmd(empty, tmp_path/'o1', **CMD)
+    with pytest.raises(TrainError) as e: train_cmd(empty, out=tmp_path/'o1', **CMD)
     _one_line(e, str(empty))
     assert not (tmp_path/'o1').exists()                        # nothing is created for a run that cannot start
     lin = tmp_path/'linear'; lin.mkdir()
     for i in range(2): _linear_dng(lin/f'f{i}.dng')
-    with pytest.raises(TrainError) as e: train_cmd(lin, tmp_path/'o2', **CMD)
+    with pytest.raises(TrainError) as e: train_cmd(lin, out=tmp_path/'o2', **CMD)
     _one_line(e, 'usable RAW file', 'not a Bayer or X-Trans mosaic')
 
 def test_main_reports_errors(tmp_path, capsys):
-    assert train_main([str(tmp_path/'nowhere'), '-o', str(tmp_path/'o')])==1
+    assert darknb.cli.main(['train', str(tmp_path/'nowhere'), '-o', str(tmp_path/'o')])==1
     err = capsys.readouterr().err.strip()
     assert err.startswith('darknb: error:') and 'nowhere' in err and '\n' not in err
+
+@pytest.mark.parametrize('args', [['--workers', '-1'], ['--ratio-min', '0'], ['--lr', '0'], ['--lr', 'fast'], ['--loss', 'huber'],
+                                  ['--patch', '8'], ['--bs', '1.5'], ['--task', 'jpeg']])
+def test_parser_refuses_bad_values(tmp_path, args, capsys):
+    with pytest.raises(SystemExit) as e: darknb.cli.main(['train', 'samples', '-o', str(tmp_path/'o'), *args])
+    assert e.value.code==2 and not (tmp_path/'o').exists()
+    assert args[0] in capsys.readouterr().err
+
+def _checkers():
+    "The annotation of each `train_cmd` parameter, evaluated as `darknb.cli` does (in the module's globals)."
+    return {k: eval(v, vars(darknb.train)) if isinstance(v, str) else v for k,v in train_cmd.__annotations__.items() if k!='return'}
+
+def test_command_signature():
+    "`train_cmd` is a `@command`: one positional, options after `*`, a --help comment on each, checkers that refuse bad values."
+    import inspect
+    from fastcore.docments import docments
+    assert getattr(train_cmd, 'darknb_command', False)
+    ps = inspect.signature(train_cmd).parameters
+    assert [k for k,p in ps.items() if p.kind!=p.KEYWORD_ONLY]==['source']
+    doc = docments(train_cmd)
+    assert all(doc[k] for k in ps), [k for k in ps if not doc[k]]
+    ck = _checkers()
+    for k,v in [('workers', '-1'), ('ratio_min', '0'), ('lr', '0'), ('lr', 'fast'), ('bs', '1.5'), ('patch', '8'), ('loss', 'huber'), ('arch', 'unet3000')]:
+        with pytest.raises(ArgError): ck[k](v)
+    assert ck['workers']('0')==0 and ck['lr']('find')=='find' and ck['lr']('3e-3')==3e-3 and ck['ratio_min']('1')==1
+    assert ck['loss']('mix')=='mix' and sorted(ck['loss'].choices)==sorted(LOSSES)
 
 # --- several processes ----------------------------------------------------------------------------------------------
 
@@ -253,7 +283,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path/'ddp'
     env = dict(os.environ, MASTER_ADDR='127.0.0.1', OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     port = str(29600 + os.getpid()%300)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', port, '-m', 'darknb.train',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', port, '-m', 'darknb.cli', 'train',
            'samples', '-o', str(out), '--cpu', '--width', '8', '--depth', '2', '--patch', '32', '--bs', '4', '--epochs', '2',
            '--length', '16', '--n-valid', '4', '--seed', '0']
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
