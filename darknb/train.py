@@ -7,6 +7,7 @@ Docs: https://darknb.github.io/darknb/train.html.md"""
 # %% ../nbs/07_train.ipynb #515c5d56
 from __future__ import annotations
 import os, sys, json, math, time, random, tempfile, warnings, hashlib
+from functools import partial
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -25,7 +26,8 @@ from fastai.callback.schedule import LRFinder  # also adds `fit_one_cycle` and `
 from fastai.callback.channelslast import ChannelsLast
 from fastai.optimizer import Adam
 from .raw import RAW_EXTS, sample_raw_files, example_raw_files
-from .sid import RawCache, SIDDataset, SyntheticPairs, sid_pairs, mini_sid, packed_preview, TASKS
+from .sid import RawCache, SIDDataset, SyntheticPairs, sid_pairs, mini_sid, packed_preview, eld_noise, TASKS
+from .noise import CAMERAS
 from .unet import ARCHS, CFA_OF_CHANNELS, build_model, bf16_supported, param_count, save_model
 from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr
 
@@ -108,6 +110,7 @@ def make_dls(source, # a data source (see `resolve_source`)
              length:int|None=None, # training items per epoch (default: one per SID pair; 8 per clean file; at least 4 batches)
              n_valid:int|None=None, # validation items (default: all validation pairs of a SID; 16 synthetic ones)
              noise:str|Callable='eld', # noise model of synthetic pairs ('eld' or 'simple', see `darknb.sid`)
+             camera:str='sony-a7s2', # whose noise fits the 'eld' model draws virtual cameras from (`darknb.noise.CAMERAS`)
              valid_pct:float=0.2, # share of clean files kept for validation (at least one)
              seed:int=0, # the file split and the validation crops and noise
              cache:RawCache|None=None, # where decoded files live (default `RawCache()`)
@@ -137,6 +140,7 @@ def make_dls(source, # a data source (see `resolve_source`)
         idx = np.random.default_rng(seed).permutation(len(files))
         nv = max(1, int(round(len(files)*valid_pct)))
         vf,tf = [files[i] for i in idx[:nv]],[files[i] for i in idx[nv:]]
+        if noise=='eld': noise = partial(eld_noise, camera=one_of(CAMERAS)(camera))
         kw = dict(task=task, patch=patch, ratio=tuple(ratio), noise=noise, cache=cache)
         train_ds = SyntheticPairs(tf, length=length or max(8*len(tf), 4*bs), train=True, **kw)
         valid_ds = SyntheticPairs(vf, length=n_valid or 16, train=False, seed=seed, **kw)
@@ -423,7 +427,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
                  precision:str='auto', # see `PRECISIONS`
                  dls:DataLoaders|None=None, # ready-made data instead of `source`
                  model:nn.Module|None=None, # a ready network instead of `arch` (e.g. for inputs that are not packed RAW)
-                 ratio:tuple=(100, 300), length:int|None=None, n_valid:int|None=None, noise:str='eld', # see `make_dls`
+                 ratio:tuple=(100, 300), length:int|None=None, n_valid:int|None=None, noise:str='eld', camera:str='sony-a7s2', # see `make_dls`
                  device=None, # default: the GPU when there is one
                  num_workers:int=0,
                  progress:bool=True, # fastai's progress bars and results table
@@ -432,7 +436,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
     "A `DarkLearner` for `task` on `source`: data, network, loss, PSNR/SSIM metrics, Adam and mixed precision."
     _check_numbers(patch=patch, bs=bs, lr=lr, ratio=ratio, length=length, n_valid=n_valid)
     if seed is not None: set_seed(seed)
-    if dls is None: dls = make_dls(source, task, patch, bs, ratio, length, n_valid, noise, seed=seed or 0, num_workers=num_workers, device=device)
+    if dls is None: dls = make_dls(source, task, patch, bs, ratio, length, n_valid, noise, camera=camera, seed=seed or 0, num_workers=num_workers, device=device)
     getattr(dls.train, 'n_inp', None)  # fastai reads one item the first time it needs this: now, not in the first batch of a (resumed) fit
     x0 = dls.valid_ds[0][0] if len(dls.valid_ds) else dls.one_batch()[0][0]
     if model is None: model,arch,kw = make_model(task, arch, arch_kwargs, x0.shape[0])
@@ -448,7 +452,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
     src = getattr(dls, 'source', None)
     learn.recipe = to_plain(dict(source=src['name'] if src else 'custom', task=task, arch=arch, arch_kwargs=kw, patch=patch, bs=bs,
                                loss=loss, lr=lr, seed=seed, precision=precision, precision_used=prec,
-                               ratio=list(ratio) if src and src['kind']=='raw' else None, noise=noise if isinstance(noise, str) else 'custom',
+                               ratio=list(ratio) if src and src['kind']=='raw' else None, noise=noise if isinstance(noise, str) else 'custom', camera=camera,
                                length=len(dls.train_ds), n_valid=len(dls.valid_ds), params=param_count(model)))
     return learn
 
@@ -491,7 +495,7 @@ class StopAfter(Callback):
 
 # %% ../nbs/07_train.ipynb #94db9d28
 TRAIN_DEFAULTS = dict(task='raw', arch=None, arch_kwargs=None, patch=128, bs=8, epochs=10, lr=1e-3, loss='l1', seed=0,
-                      ratio=(100, 300), length=None, n_valid=None, precision='auto', noise='eld')
+                      ratio=(100, 300), length=None, n_valid=None, precision='auto', noise='eld', camera='sony-a7s2')
 RUN_FILES = ('recipe.json', 'log.csv', 'history.png', 'lr_find.png', 'model.pt', 'checkpoints/last.pth', 'checkpoints/best.pth')
 
 def plot_history(log, # a run's `log.csv` (path) or its DataFrame
@@ -617,7 +621,7 @@ def train(source=None, # a data source (see `resolve_source`); on --resume, that
         lr_find = o['lr']=='find'
         learn = make_learner(src, o['task'], o['arch'], o['arch_kwargs'], o['patch'], o['bs'], o['loss'], 1e-3 if lr_find else o['lr'],
                              out_dir=out, seed=o['seed'], precision=o['precision'], ratio=o['ratio'], length=o['length'],
-                             n_valid=o['n_valid'], noise=o['noise'], device=device, num_workers=num_workers, progress=progress and rank==0)
+                             n_valid=o['n_valid'], noise=o['noise'], camera=o['camera'], device=device, num_workers=num_workers, progress=progress and rank==0)
     finally:
         if not rank: _barrier()
     start = 0
@@ -684,6 +688,7 @@ def train_cmd(source:str=None, # SID folder, folder of clean RAW files, or mini-
               ratio_max:number(1, 1e6)=None, # largest exposure ratio of synthetic dark frames (default 300)
               length:number(1, 1e9, integer=True)=None, # training items per epoch
               n_valid:number(1, 1e9, integer=True)=None, # validation items
+              camera:one_of(CAMERAS)=None, # camera whose noise fits the virtual cameras come from (default sony-a7s2)
               precision:one_of(PRECISIONS)=None, # auto (default), fp32, bf16 or fp16
               workers:number(0, 64, integer=True)=0, # data-loading processes
               resume:bool=False, # continue the interrupted run in the output folder
@@ -697,7 +702,7 @@ def train_cmd(source:str=None, # SID folder, folder of clean RAW files, or mini-
     ratio = None if ratio_min is None and ratio_max is None else (ratio_min, ratio_max)
     learn = train(source, out, resume=resume, force=force, cpu=cpu, num_workers=workers, task=task, arch=arch, arch_kwargs=akw,
                   patch=patch, bs=bs, epochs=epochs, lr=lr, loss=loss, seed=seed, ratio=ratio, length=length, n_valid=n_valid,
-                  precision=precision)
+                  precision=precision, camera=camera)
     if rank_distrib()==0:
         f = learn.final
         print(f"best epoch {f['best_epoch']} of {f['epochs']}: PSNR {f['psnr']:.2f} dB, SSIM {f['ssim']:.4f}; model written to {Path(out)/'model.pt'}")

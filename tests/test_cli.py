@@ -189,7 +189,8 @@ def test_os_errors_are_one_line(args):
 @pytest.mark.parametrize('args', [('enhance', 'x.dng', '-o', 'o', '--ratio', '0.5'), ('enhance', 'x.dng', '-o', 'o', '--ratio', '1e308'),
                                   ('enhance', 'x.dng', '-o', 'o', '--format', 'jpg'), ('enhance', 'x.dng'),
                                   ('synth', 'x.dng', '-o', 'o', '--ratio', 'inf'), ('train', '-o', 'o', '--workers', '-1'),
-                                  ('train', '-o', 'o', '--ratio-min', '0'), ('info',), ('frobnicate',)])
+                                  ('train', '-o', 'o', '--ratio-min', '0'), ('train', '-o', 'o', '--camera', 'nikon-d1'),
+                                  ('synth', 'x.dng', '-o', 'o', '--camera', 'nikon-d1'), ('info',), ('frobnicate',)])
 def test_bad_options_exit_2(tmp_path, args):
     rc,out,err = darknb(*args, cwd=tmp_path)
     assert rc==2 and 'usage: darknb' in err and 'Traceback' not in err, err

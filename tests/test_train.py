@@ -196,7 +196,7 @@ def test_train_cmd_end_to_end(tmp_path, capsys):
     model,info = load_model(out/'model.pt', task='raw')
     rec = info['meta']['recipe']
     assert (rec['source'], rec['epochs'], rec['patch'], rec['bs'], rec['lr'], rec['loss'], rec['seed']) == ('samples', 2, 32, 4, 1e-3, 'l1', 3)
-    assert info['arch']=='denoiser' and info['arch_kwargs']['width']==8
+    assert info['arch']=='denoiser' and info['arch_kwargs']['width']==8 and rec['camera']=='sony-a7s2'   # the noise's camera is recorded
     assert info['meta']['scores']['psnr']==pytest.approx(max(float(l.split(',')[3]) for l in log[1:]), abs=1e-4)
     assert json.loads((out/'recipe.json').read_text())['arch_kwargs']==info['arch_kwargs']
     x = torch.rand(1, 4, 32, 32)
