@@ -11,9 +11,9 @@ from fastai.data.block import DataBlock, CategoryBlock
 from fastai.data.transforms import ItemGetter, IntToFloatTensor, ToTensor
 from fastai.data.load import fa_collate
 from fastai.torch_core import TensorImage, batch_to_samples
-from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, FlipItem, DihedralItem
+from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, RandomCrop, RatioResize, FlipItem, DihedralItem, Flip
 from fastai.vision.core import PILImage
-from darknb.raw import (RawError, RawInfo, describe, data_dir, real_raw_files, sample_raw_files, sample_dng,
+from darknb.raw import (BYTES_NAME, RawError, RawInfo, describe, data_dir, real_raw_files, sample_raw_files, sample_dng,
                         unpack_mosaic, pattern_from_str, render)
 from darknb.imaging import (RAWImage, TensorRawImage, TensorRawPacked, RawImageBlock, RawPackedBlock, AlignedCrop,
                             AlignedDihedral, render_packed)
@@ -90,6 +90,55 @@ def test_rawimageblock_batches(files):
     assert type(xb) is TensorRawImage and xb.shape==(len(files), 3, 48, 48)
     assert xb.min()>=0 and xb.max()<=1 and xb.max()>0.1     # in [0, 1], not squashed to [0, 1/255]
 
+def test_rawimage_from_bytes_arrays_and_tensors(small):
+    ri = RAWImage.create(small, half_size=True)
+    data = small.read_bytes()
+    rb = RAWImage.create(data, half_size=True)
+    np.testing.assert_array_equal(rb.data, ri.data)
+    assert rb.path is None and ri.path==small
+    np.testing.assert_array_equal(RAWImage.create(memoryview(data), half_size=True).data, ri.data)
+    np.testing.assert_array_equal(RAWImage.create(ToTensor()(ri)).data, ri.data)   # 3 x H x W in [0, 1] back to uint16
+    assert RAWImage.create(ri) is ri and RAWImage.create(ri.data).size==ri.size
+    with pytest.raises(RawError, match=BYTES_NAME): RAWImage.create(b'not a photo')
+    with pytest.raises(RawError, match='empty'): RAWImage.create(b'')
+    with pytest.raises(ValueError, match='H x W x 3'): RAWImage(np.zeros((4, 4), np.uint16))
+    with pytest.raises(ValueError, match='uint16'): RAWImage(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match='3 x H x W'): RAWImage.create(torch.rand(4, 5, 5))
+
+def test_fastai_flips_and_ratio_resize_on_rawimage(small):
+    ri = RAWImage.create(small, half_size=True)
+    np.testing.assert_array_equal(FlipItem(p=1.)(ri, split_idx=0).data, ri.data[:, ::-1])
+    assert FlipItem(p=1.)(ri, split_idx=1) is ri                       # validation: left alone
+    tfm = DihedralItem(p=1.)
+    random.seed(0); ks = set()
+    for _ in range(40):
+        out = tfm(ri, split_idx=0); ks.add(tfm.k)
+        expect = TensorImage(torch.from_numpy(ri.data.astype(np.int32)).permute(2,0,1)).dihedral(tfm.k)
+        np.testing.assert_array_equal(out.data, expect.permute(1,2,0).numpy())   # fastai's numbering
+    assert ks==set(range(8))
+    w,h = ri.size
+    r = RatioResize(40)(ri)
+    assert type(r) is RAWImage and r.data.dtype==np.uint16 and max(r.size)==40
+    assert r.size==((40, int(h*40/w)) if w>=h else (int(w*40/h), 40))
+
+def test_fastai_rawpy_calls(small):
+    ri = RAWImage.create(small, half_size=True)
+    np.testing.assert_array_equal(RAWImage.create(small, half_size=True, output_bps=16).data, ri.data)
+    blk = RawImageBlock(gamma=(2.222, 4.5), output_color=rawpy.ColorSpace.sRGB, output_bps=16)  # fastai-rawpy's README
+    assert blk.type_tfms[0](small).data.dtype==np.uint16
+    with pytest.raises(TypeError, match=r"fastai-rawpy.*RAWImage.create\(\.\.\., \*\*params\)"):
+        RAWImage.create(small, pr=rawpy.Params(half_size=True), output_bps=16)
+    with pytest.raises(TypeError, match="fastai-rawpy"): RawImageBlock(pr=rawpy.Params())
+    with pytest.raises(ValueError, match='16 bits only'): RawImageBlock(output_bps=8)
+    with pytest.raises(ValueError, match='16 bits only'): RAWImage.create(small, output_bps=8)
+    with pytest.raises(TypeError, match='half_sise'): RawImageBlock(half_sise=True)
+    with pytest.raises(AttributeError, match=r'\.data'): ri.ndarr
+    with pytest.raises(AttributeError, match='no attribute'): ri.nothing
+    assert pickle.loads(pickle.dumps(ri)).size==ri.size                # __getattr__ does not get in the way
+    tb = TensorRawImage(torch.rand(2, 3, 8, 8))                        # fastai's batch augmentations
+    out = Flip(p=1.)(tb, split_idx=0)
+    assert type(out) is TensorRawImage and torch.allclose(out, tb.flip(-1), atol=1e-5)
+
 # ---- TensorRawPacked and RawPackedBlock
 
 def test_packed_create_keeps_metadata(small):
@@ -99,7 +148,14 @@ def test_packed_create_keeps_metadata(small):
     assert x.info==info and 0<=x.min() and x.max()<=1
     np.testing.assert_allclose(render_packed(x, x.info), render(small, half=True), atol=1e-5)
     assert render_packed(x[:, :8, :10], x.info, half=False).shape==(16, 20, 3)
-    with pytest.raises(ValueError, match='4 x h x w'): render_packed(torch.rand(3, 4, 4))
+    with pytest.raises(ValueError, match='4 x H x W'): render_packed(torch.rand(3, 4, 4))
+
+def test_packed_create_from_bytes(small):
+    x,xb = TensorRawPacked.create(small),TensorRawPacked.create(small.read_bytes())
+    assert torch.equal(x, xb) and xb.info.path==BYTES_NAME
+    assert {**xb.info.to_dict(), 'path':None}=={**x.info.to_dict(), 'path':None}
+    assert TensorRawPacked.create(x) is x
+    with pytest.raises(RawError, match=BYTES_NAME): TensorRawPacked.create(b'not a photo')
 
 def test_packed_metadata_through_ops_and_collation(files):
     fs = (files*2)[:2]
@@ -142,7 +198,7 @@ def test_edge_cases_refused_by_packed_block(tmp_path, small):
 @pytest.mark.skipif(data_dir('raw/edge-cases') is None, reason='real edge-case files absent')
 def test_edge_cases_are_not_mosaics():
     for p in sorted(q for q in data_dir('raw/edge-cases').iterdir() if q.is_file()):
-        with pytest.raises(RawError, match='not a mosaic'): TensorRawPacked.create(p)
+        with pytest.raises(RawError, match='not a Bayer mosaic'): TensorRawPacked.create(p)
 
 # ---- aligned augmentations
 
@@ -163,6 +219,49 @@ def test_aligned_crop_and_dihedral_keep_pairs_aligned():
     assert len(ks)>4 and len(tls)>10
     x,y = AlignedDihedral()((p0, up2(p0)), split_idx=1)                 # no flips when validating
     assert torch.equal(x, p0) and torch.equal(y, up2(p0))
+
+def test_fastai_flips_on_packed_move_whole_tiles_and_keep_pairs_aligned():
+    random.seed(2)
+    p0 = TensorRawPacked(torch.rand(4, 10, 14), info='meta')
+    target = RAWImage.create(up2(p0))                                    # the rendering a pair has at item time
+    pf = FlipItem(p=1.)(p0, split_idx=0)
+    assert type(pf) is TensorRawPacked and pf.info=='meta' and torch.equal(pf, p0.flip(-1))
+    m = mosaic_of(p0)[0]
+    assert torch.equal(mosaic_of(pf)[0], m.reshape(10, 2, 14, 2).flip(2).reshape(20, 28))  # tiles move whole: still RGGB
+    assert not torch.equal(mosaic_of(pf)[0], m.flip(-1))                 # a pixel flip would make it GRBG
+    tfm,ks = DihedralItem(p=1.),set()
+    for _ in range(40):
+        x,y = tfm((p0, target), split_idx=0); ks.add(tfm.k)
+        assert torch.equal(x, p0.dihedral(tfm.k)) and x.info=='meta'
+        np.testing.assert_array_equal(y.data, RAWImage.create(up2(x)).data)
+        x,y = FlipItem(p=1.)((p0, target), split_idx=0)
+        np.testing.assert_array_equal(y.data, RAWImage.create(up2(x)).data)
+    assert ks==set(range(8))
+    for k in range(8):                                                  # one numbering: AlignedDihedral's k is fastai's
+        plain = TensorImage(p0.as_subclass(torch.Tensor)).dihedral(k).as_subclass(torch.Tensor)
+        assert torch.equal(AlignedDihedral(ks=[k])(p0, split_idx=0).as_subclass(torch.Tensor), plain)
+
+def test_resizing_transforms_refuse_packed_data():
+    p0 = TensorRawPacked(torch.rand(4, 20, 30))
+    target = RAWImage.create(up2(p0))
+    for tfm in (Resize(16), RandomResizedCrop(12), CropPad(10), RandomCrop(10), RatioResize(16)):
+        with pytest.raises(TypeError, match=f'{type(tfm).__name__} does not work on packed RAW data.*AlignedCrop'):
+            tfm((p0, target), split_idx=0)
+    assert Resize(16)(target).size==(16, 16)                            # the RAWImage alone still resizes
+
+def test_packed_pair_with_fastai_flip_in_a_datablock(files):
+    crop = AlignedCrop(16)
+    for f in files:
+        dls = DataBlock(blocks=(RawPackedBlock, RawImageBlock(**LINEAR)), splitter=all_in_both,
+                        item_tfms=[FlipItem(p=1.), crop]).dataloaders([f], bs=1, num_workers=0)
+        xb,yb = dls.train.one_batch()                                   # training: the item is flipped, then cropped
+        p,full = TensorRawPacked.create(f).flip(-1),RAWImage.create(f, **LINEAR).flip_lr().to_tensor()
+        t,l = crop.tl
+        assert torch.equal(xb[0], p[:, t:t+16, l:l+16])                 # the target is still its input's region
+        assert torch.equal(yb[0], full[:, 2*t:2*t+32, 2*l:2*l+32])
+    with pytest.raises(TypeError, match='AlignedCrop'):
+        DataBlock(blocks=(RawPackedBlock, RawImageBlock), splitter=all_in_both,
+                  item_tfms=Resize(64)).dataloaders(files[:2], bs=2, num_workers=0).one_batch()
 
 def test_aligned_crop_errors():
     p0 = TensorRawPacked(torch.rand(4, 20, 30))
