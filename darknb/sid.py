@@ -8,14 +8,15 @@ Docs: https://darknb.github.io/darknb/sid.html.md"""
 from __future__ import annotations
 import os, re, json, math, shutil, hashlib, tempfile, warnings
 from collections import Counter
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from .core import DarknbError, atomic_path, refuse_existing, check_shape, cache_dir
-from .raw import (RAW_EXTS, SCENES, SAMPLE_CAM_XYZ, open_raw, read_mosaic, cam_xyz_matrix, pick_white_balance,
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, cache_dir, one_of
+from .raw import (SCENES, SAMPLE_CAM_XYZ, open_raw, read_mosaic, cam_xyz_matrix, pick_white_balance,
                         black_map, normalize, pack_mosaic, write_dng, sample_scene, pattern_from_str, mosaic_from_srgb,
                         srgb_gamma)
 from .noise import CAMERAS, SONY_A7S2, add_noise, random_profile
@@ -23,9 +24,9 @@ from .noise import CAMERAS, SONY_A7S2, add_noise, random_profile
 # %% auto #0
 __all__ = ['SPLITS', 'MISALIGNED', 'RATIO_CAP', 'PROTOCOLS', 'NOISES', 'SHORT_EXPOSURES', 'ISOS', 'MINI_SID_VERSION',
            'CACHE_VERSION', 'CACHE_KINDS', 'TASKS', 'SIDError', 'parse_sid_name', 'exposure_ratio', 'SIDPair',
-           'parse_list', 'select_protocol', 'find_list', 'sid_pairs', 'summarize', 'eld_noise', 'make_mini_sid',
-           'mini_sid', 'CacheRebuilt', 'sid_render', 'decode_packed', 'apply_aug', 'draw_aug', 'RawCache', 'SIDDataset',
-           'packed_preview', 'show_pairs', 'SyntheticPairs', 'sid_dataloaders', 'synthetic_dataloaders']
+           'parse_list', 'select_protocol', 'find_list', 'sid_camera', 'sid_pairs', 'summarize', 'eld_noise',
+           'make_mini_sid', 'mini_sid', 'CacheRebuilt', 'sid_render', 'decode_packed', 'apply_aug', 'draw_aug',
+           'RawCache', 'SIDDataset', 'packed_preview', 'show_pairs', 'SyntheticPairs', 'DataError', 'make_dls']
 
 # %% ../nbs/03_sid.ipynb #e093b0a9
 class SIDError(DarknbError):
@@ -146,6 +147,11 @@ def find_list(root, camera:str='Sony', split:str='train')->Path:
     for p in (root/name, root/camera/name):
         if p.is_file(): return p
     raise SIDError(root, f'no {name} here nor in {camera}/ (download the SID list files with the data, or use make_mini_sid)')
+
+def sid_camera(root)->str|None:
+    "The camera prefix of the first training list (`<camera>_train_list.txt`) in `root` or one level below; None if none."
+    lists = sorted(Path(root).glob('*_train_list.txt'))+sorted(Path(root).glob('*/*_train_list.txt'))
+    return lists[0].name[:-len('_train_list.txt')] if lists else None
 
 def sid_pairs(root, # folder holding `Sony/` (or `Fuji/`) and the list files
               camera:str='Sony', # 'Sony' or 'Fuji' (the prefix of the folder and list files)
@@ -604,59 +610,90 @@ class SyntheticPairs(Dataset):
         return _to_tensors(x, y)
 
 # %% ../nbs/03_sid.ipynb #1de8d085
-def _dls(train_ds, valid_ds, bs, num_workers, device, build, progress, **kwargs):
+class DataError(DarknbError):
+    "Data that cannot make the `DataLoaders` asked for (too few usable files, a patch larger than the frames, ...)."
+
+class _Resampled(Dataset):
+    "`length` items of `ds`, cycling through it (a random-crop dataset gives new crops on every pass)."
+    def __init__(self, ds, length:int): self.ds,self.length = ds,length
+    def __len__(self): return self.length
+    def __getitem__(self, i): return self.ds[i%len(self.ds)]
+    def needs(self): return self.ds.needs()
+
+def _usable(files:list, cache:RawCache)->tuple[list, list]:
+    "Files whose packed mosaic can be cached (Bayer or X-Trans) and (file, reason) for the others."
+    ok,bad = [],[]
+    for f in files:
+        try: cache.meta(f); ok.append(f)
+        except DarknbError as e: bad.append((f, getattr(e, 'reason', str(e))))
+    return ok,bad
+
+def _check_sizes(files:list, cache:RawCache, patch:int):
+    "One CFA kind across `files`, each at least `patch` packed pixels a side."
+    kinds = {cache.meta(f)['cfa'] for f in files}
+    if len(kinds)>1: raise DataError(f'the data mixes {" and ".join(sorted(kinds))} mosaics: train on one kind at a time')
+    for f in files:
+        _,h,w = cache.meta(f)['shape']
+        if patch>min(h, w): raise DataError(f'--patch {patch} is larger than {f} (packed {h}x{w}): use --patch {min(h,w)//16*16} or less')
+
+def _as_source(source)->dict:
+    "{'kind': 'sid', 'root', 'camera'} or {'kind': 'raw', 'files'}, plus 'name', for a SID folder or a list of files."
+    if isinstance(source, dict): return source
+    if isinstance(source, (list, tuple)): return dict(kind='raw', files=[Path(f) for f in source], name='the files given')
+    cam = sid_camera(source)
+    if cam is None: raise SIDError(source, 'no training list file (Sony_train_list.txt) here nor one level below')
+    return dict(kind='sid', root=Path(source), camera=cam, name=str(source))
+
+def make_dls(source, # a SID folder, a list of clean RAW files, or a dict of `darknb.train.resolve_source`
+             task:str='raw', # 'raw' (packed RAW out) or 'srgb' (SID: sRGB out)
+             patch:int=128, # training crop, packed pixels (the sRGB target is 2x larger)
+             bs:int=8, # batch size
+             ratio:tuple=(100, 300), # exposure ratios of synthetic dark frames
+             length:int|None=None, # training items per epoch (default: one per SID pair; 8 per clean file; at least 4 batches)
+             n_valid:int|None=None, # validation items (default: all validation pairs of a SID; 16 synthetic ones)
+             noise:str|Callable='eld', # noise model of synthetic pairs ('eld', 'simple' or a function, see `NOISES`)
+             camera:str='sony-a7s2', # whose noise fits the 'eld' model draws virtual cameras from (`darknb.noise.CAMERAS`)
+             synthetic:bool=False, # SID folder: train on noise-model pairs made from the training split's long exposures
+             valid_patch:int|None=-1, # validation centre crop; -1: same as `patch`; None: whole frames (bs 1)
+             valid_pct:float=0.2, # share of clean files kept for validation (at least one)
+             seed:int=0, # the file split and the validation crops and noise
+             cache:RawCache|None=None, # where decoded files live (default `RawCache()`)
+             num_workers:int=0, device=None, progress:bool=False):
+    "fastai `DataLoaders` of aligned (dark x ratio, target) patches, checked before training: real SID pairs or noise-model pairs."
     from fastai.data.core import DataLoaders
-    if build:
-        for ds in (train_ds, valid_ds):
-            for kind,files in ds.needs().items():
-                if files: ds.cache.build(files, (kind,), progress=progress)
-    return DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, device=device, **kwargs)
-
-def sid_dataloaders(root, # folder holding `Sony/` (or `Fuji/`) and the list files
-                    camera:str='Sony',
-                    task:str='srgb', # 'srgb' (SID: dark RAW to bright sRGB) or 'raw' (RAW denoising)
-                    patch:int=512, # training crop, packed pixels (the target is 2x for 'srgb')
-                    bs:int=1,
-                    train_protocol:str='00', # SID trains on the `_00` frames
-                    valid_split:str='val',
-                    valid_protocol:str='00',
-                    valid_patch:int|None=-1, # centre crop for validation; -1: same as `patch`; None: whole images (bs 1)
-                    synthetic:bool=False, # train on noise-model pairs made from the training split's long exposures
-                    cache:RawCache|None=None,
-                    num_workers:int=0,
-                    device=None,
-                    build:bool=True, # decode everything into the cache first
-                    progress:bool=True,
-                    seed:int|None=None, # fixes the validation crops' randomness
-                    **kwargs # passed to `DataLoaders.from_dsets`
-                   ):
-    "fastai `DataLoaders` of SID pairs: (short x ratio clipped at 1, target) patches, aligned and augmented."
-    cache = cache if cache is not None else RawCache()
-    tr = sid_pairs(root, camera, 'train', train_protocol)
-    va = sid_pairs(root, camera, valid_split, valid_protocol)
+    if task not in TASKS: raise DataError(f'--task {task!r}: choose one of {list(TASKS)}')
+    src,cache = _as_source(source),cache if cache is not None else RawCache()
     vp = patch if valid_patch==-1 else valid_patch
-    valid_ds = SIDDataset(va, task, vp, cache, train=False, seed=seed)
-    if synthetic: train_ds = SyntheticPairs(sorted({p.long for p in tr}), task, patch, length=len(tr), cache=cache)
-    else: train_ds = SIDDataset(tr, task, patch, cache, train=True)
-    return _dls(train_ds, valid_ds, bs, num_workers, device, build, progress, **kwargs)
-
-def synthetic_dataloaders(files, # clean RAW files, or a folder searched for them
-                          task:str='raw', patch:int=256, bs:int=4,
-                          valid_pct:float=0.2, # files kept for validation (at least one)
-                          length:int|None=None, # training items per epoch (default: 8 per training file)
-                          ratio:tuple=(100, 300), noise:str|Callable='eld',
-                          cache:RawCache|None=None, num_workers:int=0, device=None, build:bool=True,
-                          progress:bool=True, seed:int=0, **kwargs):
-    "fastai `DataLoaders` of pairs made on the fly from clean RAW files (no real dark frames needed)."
-    if isinstance(files, (str, Path)) and Path(files).is_dir():
-        files = sorted(p for p in Path(files).rglob('*') if p.suffix.lower() in RAW_EXTS)
-    files = [Path(f) for f in files]
-    if len(files)<2: raise ValueError(f'need at least 2 clean RAW files (train and valid), got {len(files)}')
-    idx = np.random.default_rng(seed).permutation(len(files))
-    nv = max(1, int(round(len(files)*valid_pct)))
-    vf,tf = [files[i] for i in idx[:nv]],[files[i] for i in idx[nv:]]
-    cache = cache if cache is not None else RawCache()
-    kw = dict(task=task, patch=patch, ratio=ratio, noise=noise, cache=cache)
-    train_ds = SyntheticPairs(tf, length=length or 8*len(tf), train=True, **kw)
-    valid_ds = SyntheticPairs(vf, length=max(bs, len(vf)), train=False, seed=seed, **kw)
-    return _dls(train_ds, valid_ds, bs, num_workers, device, build, progress, **kwargs)
+    if noise=='eld': noise = partial(eld_noise, camera=one_of(CAMERAS)(camera))
+    kw = dict(task=task, ratio=tuple(ratio), noise=noise, cache=cache)
+    if src['kind']=='sid':
+        tr,va = (sid_pairs(src['root'], src['camera'], split, '00') for split in ('train', 'val'))
+        if not tr or not va: raise DataError(f"{src['root']}: needs training and validation pairs, has {len(tr)} and {len(va)}")
+        if n_valid: va = va[:n_valid]
+        _check_sizes(sorted({f for p in tr+va for f in (p.short, p.long)}), cache, patch)
+        valid_ds = SIDDataset(va, task, vp, cache, train=False, seed=seed)
+        length = length or max(len(tr), 4*bs)
+        if synthetic: train_ds = SyntheticPairs(sorted({p.long for p in tr}), patch=patch, length=length, **kw)
+        else:
+            train_ds = SIDDataset(tr, task, patch, cache, train=True)
+            if length!=len(tr): train_ds = _Resampled(train_ds, length)
+    else:
+        files,bad = _usable(src['files'], cache)
+        where = src['name'] if isinstance(src['name'], str) else 'the files given'
+        if bad:
+            if len(files)<2: raise DataError(f'{where}: {len(files)} usable RAW file(s) of {len(src["files"])}, need 2 (train and valid); e.g. {bad[0][0].name}: {bad[0][1]}')
+            warnings.warn(f'skipping {len(bad)} file(s) that are not Bayer or X-Trans mosaics, e.g. {bad[0][0].name}: {bad[0][1]}')
+        if len(files)<2: raise DataError(f'{where}: {len(files)} RAW file, need at least 2 (train and valid)')
+        _check_sizes(files, cache, patch)
+        idx = np.random.default_rng(seed).permutation(len(files))
+        nv = max(1, int(round(len(files)*valid_pct)))
+        vf,tf = [files[i] for i in idx[:nv]],[files[i] for i in idx[nv:]]
+        train_ds = SyntheticPairs(tf, patch=patch, length=length or max(8*len(tf), 4*bs), train=True, **kw)
+        valid_ds = SyntheticPairs(vf, patch=vp, length=n_valid or 16, train=False, seed=seed, **kw)
+    if len(train_ds)<bs: raise DataError(f'--bs {bs} is more than the {len(train_ds)} training items per epoch: raise --length or lower --bs')
+    for ds in (train_ds, valid_ds):
+        for kind,fs in ds.needs().items():
+            if fs: cache.build(fs, (kind,), progress=progress)
+    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, device=device)
+    dls.source = src
+    return dls

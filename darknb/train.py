@@ -6,10 +6,8 @@ Docs: https://darknb.github.io/darknb/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #515c5d56
 from __future__ import annotations
-import os, sys, json, math, time, random, tempfile, warnings, hashlib
-from functools import partial
+import os, sys, json, math, time, random, tempfile, hashlib
 from pathlib import Path
-from typing import Callable
 import numpy as np
 import torch, torch.nn as nn
 import torch.distributed as dist
@@ -26,17 +24,17 @@ from fastai.callback.schedule import LRFinder  # also adds `fit_one_cycle` and `
 from fastai.callback.channelslast import ChannelsLast
 from fastai.optimizer import Adam
 from .raw import RAW_EXTS, sample_raw_files, example_raw_files
-from .sid import RawCache, SIDDataset, SyntheticPairs, sid_pairs, mini_sid, packed_preview, eld_noise, TASKS
+from .sid import TASKS, make_dls, mini_sid, packed_preview, sid_camera
 from .noise import CAMERAS
 from .unet import ARCHS, CFA_OF_CHANNELS, build_model, bf16_supported, param_count, save_model
 from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr
 
 # %% auto #0
 __all__ = ['SOURCES', 'DEFAULT_ARCH', 'LOSSES', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TRAIN_DEFAULTS', 'RUN_FILES', 'TrainError',
-           'resolve_source', 'make_dls', 'make_model', 'make_loss', 'pick_precision', 'Autocast', 'precision_cbs',
-           'rng_states', 'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner', 'make_learner',
-           'step_time', 'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer', 'setup_distributed',
-           'weights_digest', 'train', 'train_cmd', 'input_scores', 'quick_train']
+           'resolve_source', 'make_model', 'make_loss', 'pick_precision', 'Autocast', 'precision_cbs', 'rng_states',
+           'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner', 'make_learner', 'step_time',
+           'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer', 'setup_distributed', 'weights_digest', 'train',
+           'train_cmd', 'input_scores', 'quick_train']
 
 # %% ../nbs/07_train.ipynb #17a0a758
 class TrainError(DarknbError):
@@ -46,13 +44,10 @@ SOURCES = {'mini-sid': 'the generated mini-SID of `darknb.sid.mini_sid` (real-pa
            'samples': 'the four generated sample DNGs of `darknb.raw.sample_raw_files` (pairs made with the noise model)',
            'examples': "the real RAW files of the test data when present, else the samples (`darknb.raw.example_raw_files`)"}
 
-def _sid_lists(folder:Path)->list[Path]:
-    "SID training list files (`<camera>_train_list.txt`) in `folder` or one level below."
-    return sorted(folder.glob('*_train_list.txt')) + sorted(folder.glob('*/*_train_list.txt'))
-
 def resolve_source(source # a SID folder, a folder or list of clean RAW files, or a keyword of `SOURCES`
                   )->dict:
     "What `source` is: {'kind': 'sid', 'root', 'camera'} or {'kind': 'raw', 'files'}, plus 'name' (how to say it again)."
+    if isinstance(source, dict): return source  # already resolved
     if source is None: raise TrainError(f'no data source given: a SID folder, a folder of RAW files, or one of {list(SOURCES)}')
     if isinstance(source, (list, tuple)):
         files = [Path(f) for f in source]
@@ -68,89 +63,12 @@ def resolve_source(source # a SID folder, a folder or list of clean RAW files, o
     if p.is_file():
         if p.name.endswith('_train_list.txt'): return dict(kind='sid', root=p.parent, camera=p.name[:-len('_train_list.txt')], name=str(p.resolve()))
         raise TrainError(f'{p}: a single file; give the folder that holds the RAW files (training needs at least 2)')
-    lists = _sid_lists(p)
-    if lists:
-        cam = lists[0].name[:-len('_train_list.txt')]
-        return dict(kind='sid', root=p, camera=cam, name=str(p.resolve()))
+    if cam:=sid_camera(p): return dict(kind='sid', root=p, camera=cam, name=str(p.resolve()))
     files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in RAW_EXTS)
     if not files:
         what = 'an empty folder' if not any(p.iterdir()) else f'no RAW files ({", ".join(sorted(e[1:] for e in RAW_EXTS)[:6])}, ...)'
         raise TrainError(f'{p}: {what} and no SID list file (Sony_train_list.txt): nothing to train on')
     return dict(kind='raw', files=files, name=str(p.resolve()))
-
-# %% ../nbs/07_train.ipynb #1d8277ee
-class _Resampled(torch.utils.data.Dataset):
-    "`length` items of `ds`, cycling through it (a random-crop dataset gives new crops on every pass)."
-    def __init__(self, ds, length:int): self.ds,self.length = ds,length
-    def __len__(self): return self.length
-    def __getitem__(self, i): return self.ds[i%len(self.ds)]
-    def needs(self): return self.ds.needs()
-
-def _usable(files:list, cache:RawCache)->tuple[list, list]:
-    "Files whose packed mosaic can be cached (Bayer or X-Trans) and (file, reason) for the others."
-    ok,bad = [],[]
-    for f in files:
-        try: cache.meta(f); ok.append(f)
-        except DarknbError as e: bad.append((f, getattr(e, 'reason', str(e))))
-    return ok,bad
-
-def _check_sizes(files:list, cache:RawCache, patch:int):
-    "One CFA kind across `files`, each at least `patch` packed pixels a side."
-    kinds = {cache.meta(f)['cfa'] for f in files}
-    if len(kinds)>1: raise TrainError(f'the data mixes {" and ".join(sorted(kinds))} mosaics: train on one kind at a time')
-    for f in files:
-        _,h,w = cache.meta(f)['shape']
-        if patch>min(h, w): raise TrainError(f'--patch {patch} is larger than {f} (packed {h}x{w}): use --patch {min(h,w)//16*16} or less')
-
-def make_dls(source, # a data source (see `resolve_source`)
-             task:str='raw', # 'raw' (packed RAW out) or 'srgb' (SID: sRGB out)
-             patch:int=128, # training crop, packed pixels (the sRGB target is 2x larger)
-             bs:int=8, # batch size
-             ratio:tuple=(100, 300), # exposure ratios of synthetic dark frames (clean RAW sources)
-             length:int|None=None, # training items per epoch (default: one per SID pair; 8 per clean file; at least 4 batches)
-             n_valid:int|None=None, # validation items (default: all validation pairs of a SID; 16 synthetic ones)
-             noise:str|Callable='eld', # noise model of synthetic pairs ('eld' or 'simple', see `darknb.sid`)
-             camera:str='sony-a7s2', # whose noise fits the 'eld' model draws virtual cameras from (`darknb.noise.CAMERAS`)
-             valid_pct:float=0.2, # share of clean files kept for validation (at least one)
-             seed:int=0, # the file split and the validation crops and noise
-             cache:RawCache|None=None, # where decoded files live (default `RawCache()`)
-             num_workers:int=0, device=None, progress:bool=False)->DataLoaders:
-    "fastai `DataLoaders` of aligned (dark x ratio, target) patches from any data source, checked before training."
-    if task not in TASKS: raise TrainError(f'--task {task!r}: choose one of {list(TASKS)}')
-    src = source if isinstance(source, dict) else resolve_source(source)
-    cache = cache if cache is not None else RawCache()
-    if src['kind']=='sid':
-        tr,va = (sid_pairs(src['root'], src['camera'], split, '00') for split in ('train', 'val'))
-        if not tr or not va: raise TrainError(f"{src['root']}: needs training and validation pairs, has {len(tr)} and {len(va)}")
-        if n_valid: va = va[:n_valid]
-        files = sorted({f for p in tr+va for f in (p.short, p.long)})
-        _check_sizes(files, cache, patch)
-        train_ds = SIDDataset(tr, task, patch, cache, train=True)
-        valid_ds = SIDDataset(va, task, patch, cache, train=False, seed=seed)
-        length = length or max(len(tr), 4*bs)
-        if length!=len(tr): train_ds = _Resampled(train_ds, length)
-    else:
-        files,bad = _usable(src['files'], cache)
-        where = src['name'] if isinstance(src['name'], str) else 'the files given'
-        if bad:
-            if len(files)<2: raise TrainError(f'{where}: {len(files)} usable RAW file(s) of {len(src["files"])}, need 2 (train and valid); e.g. {bad[0][0].name}: {bad[0][1]}')
-            warnings.warn(f'skipping {len(bad)} file(s) that are not Bayer or X-Trans mosaics, e.g. {bad[0][0].name}: {bad[0][1]}')
-        if len(files)<2: raise TrainError(f'{where}: {len(files)} RAW file, need at least 2 (train and valid)')
-        _check_sizes(files, cache, patch)
-        idx = np.random.default_rng(seed).permutation(len(files))
-        nv = max(1, int(round(len(files)*valid_pct)))
-        vf,tf = [files[i] for i in idx[:nv]],[files[i] for i in idx[nv:]]
-        if noise=='eld': noise = partial(eld_noise, camera=one_of(CAMERAS)(camera))
-        kw = dict(task=task, patch=patch, ratio=tuple(ratio), noise=noise, cache=cache)
-        train_ds = SyntheticPairs(tf, length=length or max(8*len(tf), 4*bs), train=True, **kw)
-        valid_ds = SyntheticPairs(vf, length=n_valid or 16, train=False, seed=seed, **kw)
-    if len(train_ds)<bs: raise TrainError(f'--bs {bs} is more than the {len(train_ds)} training items per epoch: raise --length or lower --bs')
-    for ds in (train_ds, valid_ds):
-        for kind,fs in ds.needs().items():
-            if fs: cache.build(fs, (kind,), progress=progress)
-    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=bs, num_workers=num_workers, device=device)
-    dls.source = src
-    return dls
 
 # %% ../nbs/07_train.ipynb #7b4339de
 DEFAULT_ARCH = {'raw': 'denoiser', 'srgb': 'light'}
@@ -427,7 +345,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
                  precision:str='auto', # see `PRECISIONS`
                  dls:DataLoaders|None=None, # ready-made data instead of `source`
                  model:nn.Module|None=None, # a ready network instead of `arch` (e.g. for inputs that are not packed RAW)
-                 ratio:tuple=(100, 300), length:int|None=None, n_valid:int|None=None, noise:str='eld', camera:str='sony-a7s2', # see `make_dls`
+                 ratio:tuple=(100, 300), length:int|None=None, n_valid:int|None=None, noise:str='eld', camera:str='sony-a7s2', # see `darknb.sid.make_dls`
                  device=None, # default: the GPU when there is one
                  num_workers:int=0,
                  progress:bool=True, # fastai's progress bars and results table
@@ -436,7 +354,7 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
     "A `DarkLearner` for `task` on `source`: data, network, loss, PSNR/SSIM metrics, Adam and mixed precision."
     _check_numbers(patch=patch, bs=bs, lr=lr, ratio=ratio, length=length, n_valid=n_valid)
     if seed is not None: set_seed(seed)
-    if dls is None: dls = make_dls(source, task, patch, bs, ratio, length, n_valid, noise, camera=camera, seed=seed or 0, num_workers=num_workers, device=device)
+    if dls is None: dls = make_dls(resolve_source(source), task, patch, bs, ratio, length, n_valid, noise, camera=camera, seed=seed or 0, num_workers=num_workers, device=device)
     getattr(dls.train, 'n_inp', None)  # fastai reads one item the first time it needs this: now, not in the first batch of a (resumed) fit
     x0 = dls.valid_ds[0][0] if len(dls.valid_ds) else dls.one_batch()[0][0]
     if model is None: model,arch,kw = make_model(task, arch, arch_kwargs, x0.shape[0])

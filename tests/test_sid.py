@@ -8,7 +8,7 @@ from darknb.raw import (DarknbError, open_raw, raw_mosaic, normalize, pack_mosai
                         describe)
 from darknb.sid import (SIDError, CacheRebuilt, RawCache, SIDDataset, SyntheticPairs, CACHE_VERSION,
                         parse_sid_name, parse_list, sid_pairs, select_protocol, summarize, exposure_ratio, find_list,
-                        make_mini_sid, sid_render, sid_dataloaders, synthetic_dataloaders, decode_packed, eld_noise,
+                        make_mini_sid, sid_render, make_dls, sid_camera, decode_packed, eld_noise,
                         _simple_dark)
 
 pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.script')  # printed when fastai is imported
@@ -297,23 +297,25 @@ def test_synthetic_pairs(mini, tmp_path):
 def test_mini_sid_round_trip_dataloaders(mini, tmp_path):
     cache = RawCache(tmp_path)
     torch.manual_seed(0)
-    dls = sid_dataloaders(mini, task='srgb', patch=32, bs=2, cache=cache, progress=False)
+    assert sid_camera(mini) == 'Sony' and sid_camera(tmp_path) is None
+    dls = make_dls(mini, task='srgb', patch=32, bs=2, cache=cache)
     x, y = dls.one_batch()
     assert x.shape == (2, 4, 32, 32) and y.shape == (2, 3, 64, 64)
     assert x.dtype == y.dtype == torch.float32
     assert 0 <= x.min() and x.max() <= 1 and 0 <= y.min() and y.max() <= 1 and y.mean() > 0.05
-    assert len(dls.train_ds) == 3*2 and len(dls.valid_ds) == 2
+    assert len(dls.train_ds.ds) == 3*2 and len(dls.train_ds) == 4*2 and len(dls.valid_ds) == 2  # 6 pairs cycled: 4 batches
     xv, yv = next(iter(dls.valid))
     assert xv.shape == (2, 4, 32, 32) and yv.shape == (2, 3, 64, 64)
-    xr, yr = sid_dataloaders(mini, task='raw', patch=32, bs=3, cache=cache, progress=False, valid_patch=None).one_batch()
+    xr, yr = make_dls(mini, task='raw', patch=32, bs=3, cache=cache, valid_patch=None).one_batch()
     assert xr.shape == yr.shape == (3, 4, 32, 32)
-    full = sid_dataloaders(mini, task='raw', patch=32, bs=1, cache=cache, progress=False, valid_patch=None)
+    full = make_dls(mini, task='raw', patch=32, bs=1, cache=cache, valid_patch=None)
     assert next(iter(full.valid))[0].shape == (1, 4, 64, 96)
-    syn = sid_dataloaders(mini, task='raw', patch=32, bs=2, cache=cache, progress=False, synthetic=True)
+    syn = make_dls(mini, task='raw', patch=32, bs=2, cache=cache, synthetic=True)
     assert isinstance(syn.train_ds, SyntheticPairs) and syn.one_batch()[0].shape == (2, 4, 32, 32)
     longs = [p.long for p in sid_pairs(mini, split='train')]
-    sd = synthetic_dataloaders(sorted(set(longs)), patch=16, bs=2, cache=cache, progress=False)
+    sd = make_dls(sorted(set(longs)), patch=16, bs=2, cache=cache)
     assert sd.one_batch()[1].shape == (2, 4, 16, 16) and len(sd.valid_ds.files) == 1
+    with pytest.raises(SIDError, match='no training list file'): make_dls(tmp_path, cache=cache)
 
 def test_keep_open_maps_and_pickling(mini, tmp_path):
     p = sid_pairs(mini, split='train')[0]

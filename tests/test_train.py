@@ -8,7 +8,8 @@ import darknb.cli, darknb.train
 from darknb.core import DarknbError, ArgError
 from darknb.raw import sample_raw_files
 from darknb.unet import load_model
-from darknb.train import (TrainError, resolve_source, make_dls, make_model, make_loss, make_learner, pick_precision, train,
+from darknb.sid import DataError, make_dls
+from darknb.train import (TrainError, resolve_source, make_model, make_loss, make_learner, pick_precision, train,
                           train_cmd, quick_train, input_scores, distribute_dl, StopAfter, rng_states, set_rng_states,
                           weights_digest, LOSSES, RUN_FILES)
 
@@ -48,13 +49,13 @@ def test_sources_and_batches(tmp_path):
     assert r['kind']=='raw' and len(r['files'])==4
     r = resolve_source('mini-sid')
     assert r['kind']=='sid' and r['camera']=='Sony' and (r['root']/'Sony_train_list.txt').is_file()
-    dls = make_dls(raw, 'raw', patch=32, bs=4, length=12, n_valid=6)
+    dls = make_dls(resolve_source(raw), 'raw', patch=32, bs=4, length=12, n_valid=6)
     x,y = dls.one_batch()
     assert x.shape==y.shape==(4, 4, 32, 32) and len(dls.train_ds)==12 and len(dls.valid_ds)==6
     assert 0<=float(x.min()) and float(x.max())<=1
     vx = torch.stack([dls.valid_ds[i][0] for i in range(2)])
     assert torch.equal(vx, torch.stack([dls.valid_ds[i][0] for i in range(2)]))   # validation items are fixed
-    x,y = make_dls('mini-sid', 'srgb', patch=32, bs=2).one_batch()
+    x,y = make_dls(r, 'srgb', patch=32, bs=2).one_batch()
     assert x.shape==(2, 4, 32, 32) and y.shape==(2, 3, 64, 64)
 
 def test_unusable_sources(tmp_path):
@@ -68,14 +69,14 @@ def test_unusable_sources(tmp_path):
     lin = tmp_path/'linear'; lin.mkdir()
     for i in range(3): _linear_dng(lin/f'frame{i}.dng')
     (lin/'broken.dng').write_bytes(b'not a raw file'*50)
-    with pytest.raises(TrainError) as e: make_dls(lin, patch=16, bs=2)
+    with pytest.raises(DataError) as e: make_dls(resolve_source(lin), patch=16, bs=2)
     _one_line(e, str(lin), '0 usable RAW file(s) of 4')
     mixed = _copy_samples(tmp_path/'mixed', 3); _linear_dng(mixed/'linear.dng')
-    with pytest.warns(UserWarning, match='skipping 1 file'): dls = make_dls(mixed, patch=32, bs=2, length=4)
+    with pytest.warns(UserWarning, match='skipping 1 file'): dls = make_dls(resolve_source(mixed), patch=32, bs=2, length=4)
     assert len(dls.train_ds.files)+len(dls.valid_ds.files)==3
-    with pytest.raises(TrainError) as e: make_dls(_copy_samples(tmp_path/'one', 1), patch=32)
+    with pytest.raises(DataError) as e: make_dls(resolve_source(_copy_samples(tmp_path/'one', 1)), patch=32)
     _one_line(e, 'need at least 2')
-    with pytest.raises(TrainError) as e: make_dls('samples', patch=1024)
+    with pytest.raises(DataError) as e: make_dls(resolve_source('samples'), patch=1024)
     _one_line(e, '--patch 1024 is larger than')
 
 def test_model_and_loss_choices():
@@ -150,7 +151,7 @@ def test_resume_gives_the_uninterrupted_run(tmp_path):
     assert [l.split(',')[:5] for l in la]==[l.split(',')[:5] for l in lb_] and len(la)==4
 
 def test_rng_states_round_trip():
-    dls = make_dls('samples', patch=32, bs=4, length=8)
+    dls = make_dls(resolve_source('samples'), patch=32, bs=4, length=8)
     st = rng_states(dls)
     a = (torch.rand(3), np.random.rand(), __import__('random').random(), dls.train.rng.random())
     set_rng_states(torch.load(_save(st), weights_only=True), dls)   # survives a weights-only save and load
@@ -174,10 +175,10 @@ def test_quick_train_scores():
     r = quick_train(iters=12, arch_kwargs=dict(width=8, depth=2), patch=32, bs=4, n_valid=4)
     assert r['iters']==12 and r['params']>0 and r['seconds']>0
     assert np.isfinite(r['psnr']) and r['input_psnr'] is not None
-    assert r['input_psnr']==pytest.approx(input_scores(make_dls('samples', patch=32, bs=4, n_valid=4))['psnr'])
+    assert r['input_psnr']==pytest.approx(input_scores(make_dls(resolve_source('samples'), patch=32, bs=4, n_valid=4))['psnr'])
 
 def test_distribute_dl_splits_an_epoch():
-    dls = make_dls('samples', patch=32, bs=2, length=10)
+    dls = make_dls(resolve_source('samples'), patch=32, bs=2, length=10)
     dl = dls.valid.new(shuffle=False, n=10)
     parts = [distribute_dl(dl, r, 3).get_idxs() for r in range(3)]
     assert [len(p) for p in parts]==[4, 4, 4] and sorted(set(sum(parts, [])))==list(range(10))
@@ -233,7 +234,7 @@ def test_force_replaces_only_run_files(tmp_path):
     (dict(loss='huber'), ['--loss']), (dict(precision='fp16', cpu=True), ['--precision fp16']),
     (dict(resume=True, force=True), ['--resume and --force']), (dict(resume=True), ['nothing to resume'])])
 def test_bad_options_give_one_line(tmp_path, kw, words):
-    with pytest.raises(TrainError) as e: train_cmd('samples', out=tmp_path/'out', **{**CMD, **kw})
+    with pytest.raises((TrainError, DataError)) as e: train_cmd('samples', out=tmp_path/'out', **{**CMD, **kw})  # --bs vs --length: the data's
     _one_line(e, *words)
 
 def test_bad_sources_give_one_line(tmp_path):
@@ -243,7 +244,7 @@ def test_bad_sources_give_one_line(tmp_path):
     assert not (tmp_path/'o1').exists()                        # nothing is created for a run that cannot start
     lin = tmp_path/'linear'; lin.mkdir()
     for i in range(2): _linear_dng(lin/f'f{i}.dng')
-    with pytest.raises(TrainError) as e: train_cmd(lin, out=tmp_path/'o2', **CMD)
+    with pytest.raises(DataError) as e: train_cmd(lin, out=tmp_path/'o2', **CMD)
     _one_line(e, 'usable RAW file', 'not a Bayer or X-Trans mosaic')
 
 def test_main_reports_errors(tmp_path, capsys):
