@@ -255,7 +255,7 @@ def make_mini_sid(out_dir, # folder to create (the dataset root); refused if it 
                   size:tuple|None=(256, 384), # mosaic height, width of every frame (None: whole frames)
                   bursts:int=2, # short frames per exposure (`_00`, `_01`, ...)
                   camera:str='Sony', # folder and list-file prefix
-                  noise:str|Callable='eld', # 'eld' (`darknb.noise`), 'simple' (`_simple_dark`) or a function like them
+                  noise:str|Callable='eld', # 'eld' (`darknb.noise`), 'simple' (_simple_dark) or a function like them
                   seed:int=0,
                   overwrite:bool=False)->Path:
     "Build a small dataset with SID's folders, file names and list files (DNG frames: long = clean, shorts = noisy)."

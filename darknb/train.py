@@ -243,7 +243,7 @@ class CSVLog(CSVLogger):
 
 # %% ../nbs/07_train.ipynb #781c5867
 class DarkLearner(Learner):
-    "A fastai `Learner` for dark-RAW restoration: exact resume, run files in `out_dir`, `show_results` and `export_model`."
+    "A fastai `Learner` for dark-RAW restoration: exact resume, run files in `out_dir`, show_results and `export_model`."
     recipe:dict = {}
     out_dir:Path|None = None
     _start_epoch,_resume,_lr_max = 0,None,None

@@ -3,7 +3,8 @@
 #   1. the package is exactly what `nbdev-export` makes of the notebooks,
 #   2. the notebooks are clean (`nbdev-clean` changes nothing),
 #   3. every notebook runs top to bottom (`nbdev-test`, cells flagged `slow` skipped),
-#   4. pytest.
+#   4. pytest,
+#   5. the docs site builds (nbdev's notebook processing, then Sphinx) and reads right in headless Chromium.
 # Steps 1 and 2 compare checksums before and after, so they work without git too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,9 @@ nbdev-test --timing || status=1
 
 echo "== pytest"
 python -m pytest -q tests || status=1
+
+echo "== docs site (tools/docs.sh --check)"
+bash tools/docs.sh --check || status=1
 
 if [ $status -ne 0 ]; then echo "test suite FAILED"; else echo "test suite passed"; fi
 exit $status
