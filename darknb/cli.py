@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, importlib, inspect, io, json as jsonlib, os, signal, sys, threading, tokenize, types, typing
 from importlib.util import find_spec
 from pathlib import Path
-from .core import DarknbError, ArgError, command, atomic_path, refuse_existing
+from .core import DarknbError, command, atomic_path, refuse_existing
 
 # %% auto #0
 __all__ = ['SHORT', 'commands', 'param_help', 'add_params', 'make_parser', 'main', 'format_info', 'info_cmd', 'demo_cmd']
