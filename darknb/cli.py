@@ -6,7 +6,7 @@ Docs: https://darknb.github.io/darknb/cli.html.md"""
 
 # %% ../nbs/10_cli.ipynb #7dca18eb
 from __future__ import annotations
-import argparse, ast, importlib, inspect, io, json as jsonlib, os, signal, sys, threading, tokenize, types, typing
+import argparse, ast, functools, importlib, inspect, io, json as jsonlib, os, signal, sys, threading, tokenize, types, typing
 from importlib.util import find_spec
 from pathlib import Path
 from .core import DarknbError, command, atomic_path, refuse_existing
@@ -21,6 +21,7 @@ def _is_command(node)->bool:
     return isinstance(node, ast.FunctionDef) and any(
         (d.id if isinstance(d, ast.Name) else getattr(d, 'attr', None))=='command' for d in node.decorator_list)
 
+@functools.lru_cache(maxsize=None)  # `main` asks three times; the sources are parsed once
 def commands()->dict:
     "The `darknb` sub-commands: {name: (module, function name, summary)}, read from the source files without importing them."
     out = {}
@@ -53,7 +54,7 @@ def _arg_type(anno):
     if isinstance(anno, types.UnionType) or typing.get_origin(anno) is typing.Union:
         parts = [a for a in typing.get_args(anno) if a is not type(None)]
         anno = parts[0] if len(parts)==1 else str
-    if anno in (inspect.Parameter.empty, list, 'list') or typing.get_origin(anno) is list: return str
+    if anno in (inspect.Parameter.empty, list) or typing.get_origin(anno) is list: return str
     return anno if callable(anno) else str
 
 def _is_list(anno)->bool:
