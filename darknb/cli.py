@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, ast, functools, importlib, inspect, io, json as jsonlib, os, signal, sys, threading, tokenize, types, typing
 from importlib.util import find_spec
 from pathlib import Path
-from .core import DarknbError, command, atomic_path, refuse_existing
+from .core import DarknbError, command, atomic_path, all_or_none, refuse_existing
 
 # %% auto #0
 __all__ = ['SHORT', 'commands', 'param_help', 'add_params', 'make_parser', 'main', 'format_info', 'info_cmd', 'demo_cmd']
@@ -184,9 +184,11 @@ def demo_cmd(*,
     from darknb.restore import restore_demo
     dest = Path(out)/'raw_vs_jpg.png'
     refuse_existing(dest, force=force)
-    rc = restore_demo(out, force, scene='motorcycle')  # a photo the bundled model never saw in training
-    res = raw_vs_jpg()
-    with atomic_path(dest, overwrite=force) as tmp: plot_raw_vs_jpg(res).savefig(tmp, dpi=100, format='png')
+    with all_or_none(out):  # the demo's files are one result: a failure leaves none of them
+        rc = restore_demo(out, force, scene='motorcycle')  # a photo the bundled model never saw in training
+        res = raw_vs_jpg()
+        with atomic_path(dest, overwrite=force) as tmp: plot_raw_vs_jpg(res).savefig(tmp, dpi=100, format='png')
+
     print(f"RAW vs JPG: a scene shot six stops under, brightened back: the 8-bit JPEG kept {res['jpg_levels']} levels "
           f"and scores {res['jpg_psnr']:.1f} dB; the 14-bit RAW scores {res['raw_psnr']:.1f} dB. Figure: {dest}")
     return rc

@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
-from .core import DarknbError, atomic_path, refuse_existing, check_shape, data_dir, to_plain, command, number, one_of
+from .core import DarknbError, atomic_path, all_or_none, refuse_existing, check_shape, data_dir, to_plain, command, number, one_of
 from .raw import (RAW_EXTS, read_mosaic, black_map, cfa_map, RGB_OF_INDEX, XYZ_FROM_SRGB, cam_xyz_matrix,
                         write_dng, pattern_from_str)
 
@@ -590,16 +590,18 @@ def synth_cmd(clean:str, # a clean, well-exposed RAW file (Bayer or X-Trans mosa
     refuse_existing(dst_dark, dst_ref, dst_js, force=force)
     pat = np.asarray(info.raw_pattern)
     dark = synth_dark(mosaic, pat, info.black_levels, info.white_level, ratio, prof, seed)
-    out.mkdir(parents=True, exist_ok=True)
     kw = dict(pattern=pat, black_levels=info.black_levels, white_level=info.white_level, wb=info.wb[:3],
               rgb_xyz_matrix=cam_xyz_matrix(info), iso=info.iso, make=info.make or 'darknb',
               model=info.model or 'Synthetic camera', orientation=info.orientation, overwrite=force)
     t = info.exposure_time
-    write_dng(dst_dark, dark, exposure_time=t/ratio if t else None, **kw)
-    write_dng(dst_ref, mosaic, exposure_time=t, **kw)
     rec = dict(source=str(clean), ratio=ratio, seed=seed, dark=dst_dark.name, reference=dst_ref.name,
                camera=None if profile is not None else camera, profile=asdict(prof))
-    with atomic_path(dst_js, force) as tmp: Path(tmp).write_text(json.dumps(to_plain(rec, finite=True), indent=1))
+    with all_or_none(out):  # the three files are one result: a failure leaves none of them
+        out.mkdir(parents=True, exist_ok=True)
+        write_dng(dst_dark, dark, exposure_time=t/ratio if t else None, **kw)
+        write_dng(dst_ref, mosaic, exposure_time=t, **kw)
+        with atomic_path(dst_js, force) as tmp: Path(tmp).write_text(json.dumps(to_plain(rec, finite=True), indent=1))
+
     b = black_map(pat, info.black_levels, mosaic.shape)
     print(f'{clean}: ratio {ratio:g}, {prof.summary()}')
     print(f'  mean signal above black: clean {np.mean(mosaic-b):.1f} DN, dark {np.mean(dark-b):.2f} DN')

@@ -16,7 +16,7 @@ from fastcore.foundation import L
 from fastcore.basics import noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, set_seed
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner
+from fastai.learner import Learner, save_model as save_weights
 from fastai.callback.core import Callback, CancelEpochException
 from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.callback.progress import CSVLogger, ProgressCallback
@@ -201,8 +201,16 @@ class SaveBest(SaveModelCallback):
     def after_epoch(self):
         if rank_distrib(): TrackerCallback.after_epoch(self)  # other processes follow the best score; rank 0 saves (and says so)
         else: super().after_epoch()
+    def _save(self, name):
+        "Write `checkpoints/<name>.pth` through a temporary name: a full disk never leaves a truncated best model."
+        f = self.path/self.model_dir/f'{name}.pth'
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(f, overwrite=True) as tmp: save_weights(tmp, self.learn.model, getattr(self.learn, 'opt', None), with_opt=self.with_opt)
+
+        self.last_saved_path = f
     def after_fit(self, **kwargs):
         _barrier()  # rank 0 has written its last `best.pth`
+
         if (self.path/self.model_dir/f'{self.fname}.pth').exists(): super().after_fit(**kwargs)
 
 class _Restore(Callback):

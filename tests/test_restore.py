@@ -280,7 +280,7 @@ def test_full_disk_leaves_nothing_partial(tmp_path, models, monkeypatch, capsys)
     rc = enhance_cmd(srcs, tmp_path/'out', model=models['raw'])
     assert rc == 1
     assert [p.name for p in (tmp_path/'out').iterdir()] == ['b_restored.png']
-    assert 'No space left on device' in capsys.readouterr().err
+    assert 'a_restored.png: cannot write: no space left on device' in capsys.readouterr().err
     assert not leftovers(tmp_path)
 
 def test_output_folder_that_cannot_be_made(tmp_path, models, capsys):
