@@ -16,12 +16,12 @@ from .raw import (RAW_EXTS, read_mosaic, black_map, cfa_map, RGB_OF_INDEX, XYZ_F
                         write_dng, pattern_from_str)
 
 # %% auto #0
-__all__ = ['TIFF_EXTS', 'PROFILE_KEYS', 'SONY_A7S2', 'CAMERAS', 'CHANNELS', 'UNPROCESS_CAM_XYZ', 'NoiseError', 'read_frame',
-           'flea3_series', 'torch_generator', 'tukey_lambda_var', 'tukey_lambda_quantile', 'sample_tukey_lambda',
-           'NoiseProfile', 'add_noise', 'poisson_gaussian', 'CameraNoiseModel', 'random_profile', 'simulate_series',
-           'mean_variance_points', 'fit_mean_variance', 'fit_photon_transfer', 'fit_tukey_lambda', 'dark_stats',
-           'calibrate', 'calibrate_cmd', 'synth_dark', 'synth_cmd', 'random_cam_xyz', 'inverse_smoothstep', 'unprocess',
-           'random_noise_levels']
+__all__ = ['TIFF_EXTS', 'PROFILE_KEYS', 'SONY_A7S2', 'CAMERAS', 'CHANNELS', 'DARK_MIN', 'UNPROCESS_CAM_XYZ', 'NoiseError',
+           'read_frame', 'flea3_series', 'torch_generator', 'tukey_lambda_var', 'tukey_lambda_quantile',
+           'sample_tukey_lambda', 'NoiseProfile', 'add_noise', 'poisson_gaussian', 'CameraNoiseModel', 'random_profile',
+           'simulate_series', 'mean_variance_points', 'fit_mean_variance', 'fit_photon_transfer', 'fit_tukey_lambda',
+           'dark_stats', 'calibrate', 'dark_problem', 'calibrate_cmd', 'synth_dark', 'synth_cmd', 'random_cam_xyz',
+           'inverse_smoothstep', 'unprocess', 'random_noise_levels']
 
 # %% ../nbs/02_noise.ipynb #7a3221e4
 class NoiseError(DarknbError):
@@ -37,6 +37,8 @@ def read_frame(path, # a TIFF mosaic (read with tifffile) or a RAW file LibRaw r
     path = Path(path)
     if not path.exists(): raise NoiseError(path, 'no such file')
     if path.is_dir(): raise NoiseError(path, 'is a directory, not a frame')
+    if not path.is_file(): raise NoiseError(path, 'not a regular file (a pipe, socket or device): reading it could wait forever')
+
     m = re.search(r'(\d+(?:\.\d+)?)ms', path.name)
     t_name = float(m.group(1))/1000 if m else None
     if path.suffix.lower() in TIFF_EXTS:
@@ -473,7 +475,9 @@ def calibrate(dark_frames:list, # dark (lens-capped) frames, raw DN, same size
               white:float|None=None, # saturation level (default: the integer dtype's maximum)
               q_step:float=1., # ADC step of the frames, DN
               floor:float=0., # ADC floor: values at or below it are clipped
-              block:int=8, name:str='calibrated camera')->NoiseProfile:
+              block:int=8, name:str='calibrated camera',
+              names:list|None=None # what errors call each dark frame (its file); default 'dark frame 1', ...
+             )->NoiseProfile:
     "Measure a `NoiseProfile`: black, row, read noise and Tukey shape from dark frames, gain K from the flats."
     if not len(dark_frames): raise NoiseError('dark frames', 'none given')
     pattern = pattern_from_str('RGGB') if pattern is None else np.asarray(pattern)
@@ -482,6 +486,8 @@ def calibrate(dark_frames:list, # dark (lens-capped) frames, raw DN, same size
     if white is None:
         dt = np.asarray(dark_frames[0]).dtype
         white = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else float('inf')
+    for i,f in enumerate(dark_frames):
+        if (why := dark_problem(f, white)): raise NoiseError(names[i] if names else f'dark frame {i+1}', why)
     notes = []
     st = [dark_stats(f, pattern, q_step, floor) for f in dark_frames]
     black = [float(np.mean([s['black'][c] for s in st])) for c in range(4)]
@@ -519,6 +525,23 @@ def calibrate(dark_frames:list, # dark (lens-capped) frames, raw DN, same size
                         row_scale=math.sqrt(row_var), q_step=q_step, black_offset=[b-nominal for b in black],
                         name=name, black_level=black, white_level=white, notes=notes, fit=to_plain(fit, finite=True))
 
+# %% ../nbs/02_noise.ipynb #c2d4e602
+DARK_MIN = 32  # smallest side of a usable dark frame, pixels
+
+def dark_problem(frame:np.ndarray, # one frame offered as dark (lens-capped), raw DN
+                 white:float=math.inf # saturation level
+                )->str|None:
+    "Why `frame` cannot be a dark frame (too small, constant, saturated, lit), or None when it can."
+    f = np.asarray(frame)
+    if f.ndim!=2 or min(f.shape)<DARK_MIN: return f"{' x '.join(map(str, f.shape[::-1]))} pixels: too small to measure noise (at least {DARK_MIN} x {DARK_MIN})"
+    if f.min()==f.max(): return f'every pixel is {f.flat[0]:g}: a constant frame has no noise to measure'
+    sat = float((f>=white).mean()) if math.isfinite(white) else 0.
+    if sat>0.01: return f'{sat:.0%} of its pixels are saturated: not a dark (lens-capped) frame'
+    lo,med = np.percentile(f, [0.1, 50])
+    if math.isfinite(white) and med-lo>0.05*white:
+        return f'its median is {med-lo:g} DN ({(med-lo)/white:.0%} of white) above its darkest pixels: a lit frame, not a dark (lens-capped) one'
+    return None
+
 # %% ../nbs/02_noise.ipynb #bcd8868a
 def _read_frames(files:list, pattern:str|None)->tuple[list, dict]:
     frames,metas = [],[]
@@ -546,7 +569,8 @@ def calibrate_cmd(darks:list, # dark (lens-capped) frames: RAW files or TIFF mos
     lights,_ = _read_frames(flats or [], pattern)
     if lights and lights[0].shape!=dk[0].shape: raise NoiseError(flats[0], 'size differs from the dark frames')
     prof = calibrate(dk, lights or None, pattern=meta['pattern'], white=meta['white'] if white is None else white,
-                     name=name or f'calibrated from {Path(darks[0]).parent.name or "."}')
+                     name=name or f'calibrated from {Path(darks[0]).parent.name or "."}', names=darks)
+
     if not meta['pattern_known'] and pattern is None: prof.notes.append('Bayer phase not given: RGGB assumed (channel labels only)')
     print(prof.summary())
     print(f'  black level {" ".join(f"{b:.3f}" for b in prof.black_level)} (R G B G2), white {prof.white_level:g}')

@@ -278,7 +278,9 @@ def _check_file(path)->Path:
     path = Path(path)
     if not path.exists(): raise RawError(path, 'no such file')
     if path.is_dir(): raise RawError(path, 'is a directory, not a RAW file')
+    if not path.is_file(): raise RawError(path, 'not a regular file (a pipe, socket or device): reading it could wait forever')
     if path.stat().st_size == 0: raise RawError(path, 'empty file')
+
     return path
 
 def _is_text(head:bytes)->bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 import torch.distributed as dist
-from .core import DarknbError, atomic_path, to_plain, command, number, one_of  # first: it quiets fastai's import
+from .core import DarknbError, atomic_path, all_or_none, to_plain, command, number, one_of  # first: it quiets fastai's import
 from fastcore.foundation import L
 from fastcore.basics import noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, set_seed
@@ -32,9 +32,9 @@ from .metrics import PSNRMetric, SSIMMetric, SSIMLoss, MixLoss, psnr
 # %% auto #0
 __all__ = ['SOURCES', 'DEFAULT_ARCH', 'LOSSES', 'PRECISIONS', 'CHECKPOINT_FORMAT', 'TRAIN_DEFAULTS', 'RUN_FILES', 'TrainError',
            'resolve_source', 'make_model', 'make_loss', 'pick_precision', 'Autocast', 'precision_cbs', 'rng_states',
-           'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner', 'make_learner', 'step_time',
-           'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer', 'setup_distributed', 'weights_digest', 'train',
-           'train_cmd', 'input_scores', 'quick_train']
+           'set_rng_states', 'Checkpoint', 'SaveBest', 'CSVLog', 'DarkLearner', 'make_learner', 'train_memory',
+           'free_memory', 'check_memory', 'step_time', 'StopAfter', 'plot_history', 'distribute_dl', 'DDPTrainer',
+           'setup_distributed', 'weights_digest', 'train', 'train_cmd', 'input_scores', 'quick_train']
 
 # %% ../nbs/07_train.ipynb #17a0a758
 class TrainError(DarknbError):
@@ -365,9 +365,12 @@ def make_learner(source=None, # a data source (see `resolve_source`); or give `d
     if dls is None: dls = make_dls(resolve_source(source), task, patch, bs, ratio, length, n_valid, noise, camera=camera, seed=seed or 0, num_workers=num_workers, device=device)
     getattr(dls.train, 'n_inp', None)  # fastai reads one item the first time it needs this: now, not in the first batch of a (resumed) fit
     x0 = dls.valid_ds[0][0] if len(dls.valid_ds) else dls.one_batch()[0][0]
-    if model is None: model,arch,kw = make_model(task, arch, arch_kwargs, x0.shape[0])
-    else: arch,kw = arch or 'custom',dict(arch_kwargs or {})
     dev = torch.device(dls.device if dls.device is not None else 'cpu')
+    if model is None:
+        check_memory(train_memory(task, arch, arch_kwargs, x0.shape[0], patch, bs), dev)  # before a byte of it is spent
+        model,arch,kw = make_model(task, arch, arch_kwargs, x0.shape[0])
+    else: arch,kw = arch or 'custom',dict(arch_kwargs or {})
+
     prec = pick_precision(precision, dev)
     learn = DarkLearner(dls, model, loss_func=make_loss(loss), metrics=[PSNRMetric(), SSIMMetric()], opt_func=Adam, lr=lr,
                         path=out_dir if out_dir is not None else _scratch_dir(), model_dir='checkpoints', **kwargs)
@@ -392,6 +395,49 @@ def _check_numbers(patch=None, bs=None, lr=None, ratio=None, length=None, n_vali
         raise TrainError(f'--ratio-min {ratio[0]} --ratio-max {ratio[-1]}: need 1 <= min <= max')
     if length is not None and length<1: raise TrainError(f'--length {length}: must be at least 1')
     if n_valid is not None and n_valid<1: raise TrainError(f'--n-valid {n_valid}: must be at least 1')
+
+# %% ../nbs/07_train.ipynb #b7e3a102
+def train_memory(task:str='raw', arch:str|None=None, arch_kwargs:dict|None=None, in_ch:int=4, # see `make_model`
+                 patch:int=128, bs:int=8 # training crop (packed pixels) and batch size
+                )->dict:
+    "Bytes a training step of this configuration needs, estimated on the meta device (nothing allocated): parameters, activations, total."
+    with torch.device('meta'): model,_,_ = make_model(task, arch, arch_kwargs, in_ch, zero_head=False)
+    n_par = sum(p.numel() for p in model.parameters())
+    acts = [0]
+    def count(m, i, o): acts[0] += sum(t.numel() for t in (o if isinstance(o, (tuple, list)) else [o]) if torch.is_tensor(t))
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try: model(torch.empty(bs, in_ch, patch, patch, device='meta'))
+    finally:
+        for h in hooks: h.remove()
+    par,act = 16*n_par,2*4*acts[0]
+    return dict(params=n_par, param_bytes=par, activation_bytes=act, total=par+act)
+
+def free_memory(device=None)->int|None:
+    "Bytes free for a new allocation on `device`: the GPU's free memory, or the RAM available (less a `ulimit -v` cap); None when unknown."
+    device = torch.device(device or 'cpu')
+    if device.type=='cuda': return torch.cuda.mem_get_info(device)[0]
+    if device.type!='cpu': return None
+    try: free = next(int(l.split()[1])*1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError): return None
+    import resource
+    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if cap!=resource.RLIM_INFINITY:
+        used = next((int(l.split()[1])*1024 for l in open('/proc/self/status') if l.startswith('VmSize:')), 0)
+        free = min(free, max(cap-used, 0))
+    return free
+
+def _gib(n:float)->str:
+    "Bytes in the unit that reads best: 512 MiB, 3.2 GiB, 118.9 TiB."
+    e = min(max(int(math.log(max(n, 1), 1024)), 2), 5)
+    return f"{n/1024**e:,.{0 if e==2 else 1}f} {['MiB','GiB','TiB','PiB'][e-2]}"
+
+def check_memory(need:dict, # from `train_memory`
+                 device=None):
+    "Raise a one-line `TrainError` when a configuration needs more memory than `device` has free."
+    free = free_memory(device)
+    if free is None or need['total']<=free: return
+    raise TrainError(f"this network and batch need about {_gib(need['total'])} ({need['params']:.3g} parameters: {_gib(need['param_bytes'])}; "
+                     f"activations {_gib(need['activation_bytes'])}), but only {_gib(free)} is free: use a smaller --width, --depth, --bs or --patch")
 
 # %% ../nbs/07_train.ipynb #1eda4422
 def step_time(learn:Learner, precision:str='fp32', steps:int=5)->float:
@@ -539,15 +585,16 @@ def train(source=None, # a data source (see `resolve_source`); on --resume, that
     _barrier()           # every process has checked the folder before rank 0 writes to it
     if rank: _barrier()  # then rank 0 prepares the data (builds the mini-SID, fills the cache) while the others wait
     try:
-        src = resolve_source(o.get('source'))
-        if rank==0:
-            out.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-        lr_find = o['lr']=='find'
-        learn = make_learner(src, o['task'], o['arch'], o['arch_kwargs'], o['patch'], o['bs'], o['loss'], 1e-3 if lr_find else o['lr'],
-                             out_dir=out, seed=o['seed'], precision=o['precision'], ratio=o['ratio'], length=o['length'],
-                             n_valid=o['n_valid'], noise=o['noise'], camera=o['camera'], device=device, num_workers=num_workers, progress=progress and rank==0)
+        with all_or_none(out):  # a run refused before it starts (a bad source, too little memory) leaves no empty folder
+            src = resolve_source(o.get('source'))
+            if rank==0:
+                out.mkdir(parents=True, exist_ok=True)
+                if not resume:
+                    for f in RUN_FILES: (out/f).unlink(missing_ok=True)
+            lr_find = o['lr']=='find'
+            learn = make_learner(src, o['task'], o['arch'], o['arch_kwargs'], o['patch'], o['bs'], o['loss'], 1e-3 if lr_find else o['lr'],
+                                 out_dir=out, seed=o['seed'], precision=o['precision'], ratio=o['ratio'], length=o['length'],
+                                 n_valid=o['n_valid'], noise=o['noise'], camera=o['camera'], device=device, num_workers=num_workers, progress=progress and rank==0)
     finally:
         if not rank: _barrier()
     start = 0

@@ -177,10 +177,13 @@ def test_enhance_batch_with_bad_inputs(tmp_path, bad_files):
 
 @pytest.mark.parametrize('args', [('demo', '-o', '/dev/null/x'),
                                   ('synth', 'CLEAN', '-o', '/dev/null/x'),
-                                  ('calibrate', 'CLEAN', '-o', '/dev/null/p.json')])
-def test_os_errors_are_one_line(args):
+                                  ('calibrate', 'DARK', '-o', '/dev/null/p.json')])
+def test_os_errors_are_one_line(tmp_path, args):
     "A folder that cannot be made (a path through a file): one line naming the path and the reason, never a traceback."
-    args = [str(sample_dng()) if a=='CLEAN' else a for a in args]
+    import tifffile
+    dark = tmp_path/'dark.tif'
+    tifffile.imwrite(dark, (100 + np.random.default_rng(0).normal(0, 3, (64, 64))).round().astype(np.uint16))
+    args = [str(sample_dng()) if a=='CLEAN' else str(dark) if a=='DARK' else a for a in args]
     rc,out,err = darknb(*args)
     assert rc==1 and 'Traceback' not in err, err
     lines = err.strip().splitlines()

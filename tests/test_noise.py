@@ -64,7 +64,10 @@ def test_calibrate_errors():
     with pytest.raises(NoiseError, match='none given'): calibrate([])
     with pytest.raises(NoiseError, match='differ in size'): calibrate([np.zeros((8, 8)), np.zeros((10, 8))])
     with pytest.raises(NoiseError, match='unclipped'):   # flats clipped everywhere
-        calibrate([np.full((64, 64), 10, np.uint16)], [np.full((64, 64), 4095, np.uint16)]*2, white=4095)
+        dark = (10 + np.random.default_rng(0).normal(0, 2, (64, 64))).round().astype(np.uint16)
+        calibrate([dark], [np.full((64, 64), 4095, np.uint16)]*2, white=4095)
+    with pytest.raises(NoiseError, match='every pixel is 10'):   # a constant frame is no dark frame
+        calibrate([np.full((64, 64), 10, np.uint16)], white=4095)
 
 def test_profile_json_round_trip_and_missing_keys(tmp_path):
     p = SONY_A7S2(1600)

@@ -212,7 +212,7 @@ def test_write_dng_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match='22 pixels'): write_dng(tmp_path/'s.dng', m[:8], pat, [0]*4, 1023)
     def disk_full(*a, **k): raise OSError(28, 'No space left on device')
     monkeypatch.setattr(dr.tifffile, 'imwrite', disk_full)
-    with pytest.raises(OSError, match='No space'): write_dng(tmp_path/'g.dng', m, pat, [0]*4, 1023)
+    with pytest.raises(OSError, match='g.dng: cannot write: no space left on device'): write_dng(tmp_path/'g.dng', m, pat, [0]*4, 1023)
     monkeypatch.undo()
     monkeypatch.setattr(dr, '_exif_ifd', lambda *a: (_ for _ in ()).throw(RuntimeError('failed late')))
     with pytest.raises(RuntimeError, match='failed late'): write_dng(tmp_path/'h.dng', m, pat, [0]*4, 1023)
