@@ -188,7 +188,6 @@ def demo_cmd(*,
         rc = restore_demo(out, force, scene='motorcycle')  # a photo the bundled model never saw in training
         res = raw_vs_jpg()
         with atomic_path(dest, overwrite=force) as tmp: plot_raw_vs_jpg(res).savefig(tmp, dpi=100, format='png')
-
     print(f"RAW vs JPG: a scene shot six stops under, brightened back: the 8-bit JPEG kept {res['jpg_levels']} levels "
           f"and scores {res['jpg_psnr']:.1f} dB; the 14-bit RAW scores {res['raw_psnr']:.1f} dB. Figure: {dest}")
     return rc

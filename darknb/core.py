@@ -70,7 +70,6 @@ class WriteError(DarknbError, OSError):
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 _CREATED = None  # files that `atomic_path` created inside `all_or_none` (None outside)
 
-
 def _disk_full(folder)->bool:
     "Less than 1 MiB left where `folder` lies: libraries (torch, tifffile) report a full disk in errors of their own."
     try: st = os.statvfs(folder)
@@ -100,7 +99,6 @@ def atomic_path(path, # the destination
         if e.filename in (tmp, str(path)) or e.errno in _FULL: raise WriteError(path, e) from None
         if e.filename is None and _disk_full(path.parent): raise WriteError(path) from None  # numpy's '… requested and … written'
         raise
-
     except Exception:
         if _disk_full(path.parent): raise WriteError(path) from None  # torch.save's 'unexpected pos', PIL's 'broken data stream'
         raise

@@ -38,7 +38,6 @@ def read_frame(path, # a TIFF mosaic (read with tifffile) or a RAW file LibRaw r
     if not path.exists(): raise NoiseError(path, 'no such file')
     if path.is_dir(): raise NoiseError(path, 'is a directory, not a frame')
     if not path.is_file(): raise NoiseError(path, 'not a regular file (a pipe, socket or device): reading it could wait forever')
-
     m = re.search(r'(\d+(?:\.\d+)?)ms', path.name)
     t_name = float(m.group(1))/1000 if m else None
     if path.suffix.lower() in TIFF_EXTS:

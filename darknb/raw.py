@@ -6,7 +6,7 @@ Docs: https://darknb.github.io/darknb/raw.html.md"""
 
 # %% ../nbs/00_raw.ipynb #ffe5d247
 from __future__ import annotations
-import os, io, math, struct, contextlib
+import os, io, math, struct, functools, contextlib
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
@@ -15,13 +15,14 @@ import rawpy, tifffile
 from .core import DarknbError, atomic_path, cache_dir, data_dir, quiet_stderr, check_shape
 
 # %% auto #0
-__all__ = ['SCENES', 'XTRANS_PATTERN', 'RGB_OF_INDEX', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'BYTES_NAME',
+__all__ = ['SCENES', 'XTRANS_PATTERN', 'RGB_OF_INDEX', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'UNWRITTEN', 'BYTES_NAME',
            'MOSAIC_KINDS', 'sample_scene', 'photo_array', 'srgb_gamma', 'srgb_to_linear', 'pattern_from_str',
            'cfa_kind', 'cfa_map', 'colorize_mosaic', 'srgb_from_camera', 'pick_white_balance', 'mosaic_from_srgb',
            'write_dng', 'make_sample_dng', 'sample_dng', 'sample_raw_files', 'RawError', 'real_raw_files',
-           'example_raw_files', 'open_raw', 'RawInfo', 'raw_info', 'describe', 'camera_name', 'cam_xyz_matrix',
-           'file_credit', 'raw_mosaic', 'black_map', 'normalize', 'read_mosaic', 'pack_mosaic', 'unpack_mosaic',
-           'pack_raw', 'demosaic_bilinear', 'render_mosaic', 'render', 'libraw_render', 'raw_vs_jpg', 'plot_raw_vs_jpg']
+           'example_raw_files', 'decode_problem', 'open_raw', 'RawInfo', 'raw_info', 'describe', 'camera_name',
+           'cam_xyz_matrix', 'file_credit', 'raw_mosaic', 'black_map', 'normalize', 'read_mosaic', 'pack_mosaic',
+           'unpack_mosaic', 'pack_raw', 'demosaic_bilinear', 'render_mosaic', 'render', 'libraw_render', 'raw_vs_jpg',
+           'plot_raw_vs_jpg']
 
 # %% ../nbs/00_raw.ipynb #7a07d4ea
 SCENES = ('coffee', 'chelsea', 'astronaut', 'rocket', 'motorcycle', 'colorwheel')
@@ -198,8 +199,13 @@ def write_dng(path, # where to write; refused if it exists unless `overwrite`
               exposure_time:float|None=None, iso:float|None=None,
               make:str='darknb', model:str='Synthetic camera',
               orientation:int=0, # LibRaw flip code of the original
-              overwrite:bool=False)->Path:
+              overwrite:bool=False,
+              compression:str|None=None # None: uncompressed; 'ljpeg': lossless-JPEG tiles, as cameras write them (needs imagecodecs)
+             )->Path:
     "Write a DNG that LibRaw reads back with the same mosaic, pattern, levels, white balance and colour matrix."
+    if compression not in (None, 'ljpeg'): raise ValueError(f"compression {compression!r}: None or 'ljpeg'")
+    ckw = dict(compression=None) if compression is None else dict(compression='jpeg', tile=(256, 256),
+                                                                  compressionargs=dict(lossless=True, bitspersample=16))
     path = Path(path)
     mosaic = np.ascontiguousarray(mosaic)
     if mosaic.ndim!=2 or mosaic.dtype!=np.uint16: raise ValueError('mosaic must be a 2-D uint16 array')
@@ -223,8 +229,7 @@ def write_dng(path, # where to write; refused if it exists unless `overwrite`
     if exposure_time: exif.append((33434,'2I',_rational(exposure_time)))
     if iso: exif.append((34855,'H',(int(round(iso)),)))
     with atomic_path(path, overwrite) as tmp:
-        tifffile.imwrite(tmp, mosaic, photometric=32803, byteorder='<', extratags=tags, metadata=None,
-                         software='darknb', compression=None)
+        tifffile.imwrite(tmp, mosaic, photometric=32803, byteorder='<', extratags=tags, metadata=None, software='darknb', **ckw)
         with tifffile.TiffFile(tmp) as t:  # tifffile will not write an EXIF IFD pointer: patch a placeholder into one
             tag = t.pages[0].tags[_EXIF_PLACEHOLDER]; entry,at = tag.offset,tag.valueoffset
         with open(tmp, 'r+b') as f:
@@ -273,6 +278,39 @@ def example_raw_files()->list[Path]:
     "Real RAW files from `data_dir('raw')` when present, the generated samples otherwise."
     return real_raw_files() or sample_raw_files()
 
+# %% ../nbs/00_raw.ipynb #d0a1b202
+_M_PERTURB,_M_MMAP_MAX,_MMAP_MAX_DEFAULT = -6,-4,65536  # glibc's mallopt parameters (malloc.h)
+UNWRITTEN = 0x5A5A  # what a pixel LibRaw never wrote reads while `_marked_memory` is on
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
+    import ctypes, ctypes.util
+    try: lib = ctypes.CDLL(ctypes.util.find_library('c') or None); lib.gnu_get_libc_version
+    except (OSError, AttributeError): return None
+    return lib
+
+@contextlib.contextmanager
+def _marked_memory():
+    "While the block runs, memory that malloc hands out is filled with 0x5A bytes, and taken from the heap (not zeroed pages)."
+    lib = _glibc()
+    if lib is None: yield; return
+    lib.mallopt(_M_PERTURB, 0xA5); lib.mallopt(_M_MMAP_MAX, 0)  # glibc fills new blocks with the byte's complement, 0x5A
+    try: yield
+    finally: lib.mallopt(_M_PERTURB, 0); lib.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+
+def decode_problem(raw_image:np.ndarray, # what LibRaw decoded (`raw.raw_image`)
+                   white:int # the file's white level
+                  )->str|None:
+    "Why the decoded mosaic cannot be the file's data, or None: pixels LibRaw never wrote (see `_marked_memory`), or many above white."
+    a = np.asarray(raw_image)
+    if a.ndim!=2 or a.shape[1]<2: return None  # stacks of demosaiced planes keep their own ranges
+    u = a==UNWRITTEN
+    if (f := float((u[:, 1:] & u[:, :-1]).mean()))>0.001:
+        return f'{f:.1%} of its pixels were never decoded: the file is damaged (LibRaw stopped early without an error)'
+    if (f := float((a>white).mean()))>0.01:
+        return f'{f:.0%} of its pixels lie above its white level {white}: the file is damaged (its data decodes to garbage)'
+    return None
+
 # %% ../nbs/00_raw.ipynb #4070f5d3
 def _check_file(path)->Path:
     path = Path(path)
@@ -280,7 +318,6 @@ def _check_file(path)->Path:
     if path.is_dir(): raise RawError(path, 'is a directory, not a RAW file')
     if not path.is_file(): raise RawError(path, 'not a regular file (a pipe, socket or device): reading it could wait forever')
     if path.stat().st_size == 0: raise RawError(path, 'empty file')
-
     return path
 
 def _is_text(head:bytes)->bool:
@@ -310,12 +347,14 @@ def open_raw(path # A RAW file LibRaw reads, or its contents as `bytes`
         try: src.encode('utf-8')
         except UnicodeEncodeError: src = io.BytesIO(path.read_bytes())  # a name that is not UTF-8: LibRaw cannot open it by name
     try:
-        with quiet_stderr():
+        with quiet_stderr(), _marked_memory():
             raw = rawpy.imread(src)
-            raw.raw_image  # decodes the data: truncated files fail here, not later
+            a = raw.raw_image  # decodes the data: truncated files fail here, not later
     except rawpy.LibRawError as e: raise RawError(path, 'not a RAW file (it is text)' if _is_text(head) else _libraw_reason(e)) from None
     except (OSError, ValueError) as e: raise RawError(path, f'cannot be read ({e})') from None
-    try: yield raw
+    try:
+        if (why := decode_problem(a, raw.white_level)): raise RawError(path, why)
+        yield raw
     finally: raw.close()
 
 # %% ../nbs/00_raw.ipynb #61699078
