@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch, torch.nn as nn
 from torch import Tensor
-from .core import DarknbError, atomic_path, refuse_existing, check_shape, command, number, one_of
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, first_line, command, number, one_of
 from .raw import (RawError, RawInfo, RAW_EXTS, read_mosaic, normalize, black_map, pack_mosaic, unpack_mosaic,
                         render_mosaic, libraw_render, write_dng, cam_xyz_matrix)
 from .unet import CFA_PACKING, net_spec, load_model, pad_to_multiple, bf16_supported
@@ -404,7 +404,7 @@ def enhance_files(inputs:list, # RAW files and folders of RAW files
             if not quiet: _say(f'[{k}/{len(files)}] {f} -> {dest.name}: ratio {res.ratio:.4g} ({res.ratio_source}), {res.seconds:.1f} s')
         except DarknbError as e: rec['error'] = str(e)
         except OSError as e: rec['error'] = f'{dest}: cannot write ({e.strerror or e})'
-        except Exception as e: rec['error'] = f'{f}: failed ({type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]})'  # a bug must not stop the batch
+        except Exception as e: rec['error'] = f'{f}: failed ({type(e).__name__}: {first_line(e, 200)})'  # a bug must not stop the batch
         if rec['error']: _say(f'darknb: error: {rec["error"]}' if quiet else f'[{k}/{len(files)}] darknb: error: {rec["error"]}')
         recs.append(rec)
     return recs

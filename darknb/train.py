@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn
 import torch.distributed as dist
-from .core import DarknbError, atomic_path, all_or_none, to_plain, command, number, one_of  # first: it quiets fastai's import
+from .core import DarknbError, atomic_path, all_or_none, first_line, to_plain, command, number, one_of  # first: it quiets fastai's import
 from fastcore.foundation import L
 from fastcore.basics import noop
 from fastai.torch_core import get_model, rank_distrib, num_distrib, set_seed
@@ -86,7 +86,7 @@ def make_model(task:str='raw', # 'raw' or 'srgb'
     if f.task!=task: raise TrainError(f"--arch {arch} makes a {f.task} network; --task {task} needs {' or '.join(a for a in ARCHS if ARCHS[a].task==task)}")
     kw = dict(arch_kwargs or {})
     try: model = build_model(arch, **{'in_ch': in_ch, **kw})  # the saved arguments of a resumed run may name it
-    except (TypeError, ValueError) as e: raise TrainError(f'--arch {arch} with {kw}: {str(e).splitlines()[0]}') from None
+    except (TypeError, ValueError) as e: raise TrainError(f'--arch {arch} with {kw}: {first_line(e)}') from None
     s = model.spec
     if s.in_ch!=in_ch: raise TrainError(f'--arch {arch} takes {s.in_ch} input channels, the data has {in_ch}')
     if f.takes=='in_ch': kw.setdefault('in_ch', in_ch)  # the model file rebuilds it from these alone
@@ -291,7 +291,7 @@ class DarkLearner(Learner):
         path = Path(path) if path is not None else self.path/self.model_dir/'last.pth'
         if not path.is_file(): raise TrainError(f'{path}: no checkpoint to resume from')
         try: ck = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e: raise TrainError(f'{path}: unreadable checkpoint ({str(e).splitlines()[0][:100]})') from None
+        except Exception as e: raise TrainError(f'{path}: unreadable checkpoint ({first_line(e, 100)})') from None
         if not isinstance(ck, dict) or ck.get('format')!=CHECKPOINT_FORMAT: raise TrainError(f'{path}: not a darknb checkpoint')
         try: get_model(self.model).load_state_dict(ck['model'])
         except RuntimeError: raise TrainError(f'{path}: its weights do not fit this network (another --arch, --width or --depth?)') from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-from .core import DarknbError, atomic_path, check_shape
+from .core import DarknbError, atomic_path, check_shape, first_line
 
 # %% ../nbs/05_unet.ipynb #c5942845
 def conv3x3(ni:int, # input channels
@@ -456,8 +456,6 @@ def default_model_path()->Path:
     if not p.is_file(): raise ModelError('no bundled model in this installation: pass --model PATH')
     return p
 
-def _first_line(e:Exception)->str: return (str(e).splitlines() or [type(e).__name__])[0][:120]
-
 def load_model(path='default', # a darknb model file, or 'default' for the bundled model
                task:str|None=None, # refuse a model for another task ('raw' or 'srgb')
                in_ch:int|None=None, # refuse a model for another input (4 Bayer, 9 X-Trans)
@@ -468,7 +466,7 @@ def load_model(path='default', # a darknb model file, or 'default' for the bundl
     if path.is_dir(): raise ModelError(path, 'is a directory, not a model file')
     if path.stat().st_size == 0: raise ModelError(path, 'empty file, not a model file')
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ModelError(path, f'not a darknb model file (cannot be read: {_first_line(e)})') from None
+    except Exception as e: raise ModelError(path, f'not a darknb model file (cannot be read: {first_line(e)})') from None
     if not isinstance(ck, dict) or ck.get('format')!=MODEL_FORMAT: raise ModelError(path, 'not a darknb model file')
     if ck.get('version', 0)>MODEL_VERSION: raise ModelError(path, f"made by a newer darknb (model format {ck['version']})")
     if ck.get('arch') not in ARCHS: raise ModelError(path, f"unknown architecture {ck.get('arch')!r}")
@@ -479,7 +477,7 @@ def load_model(path='default', # a darknb model file, or 'default' for the bundl
     if any(v.is_floating_point() and not torch.isfinite(v).all() for v in sd.values() if isinstance(v, torch.Tensor)):
         raise ModelError(path, 'its weights are not finite (NaN or infinity): a damaged or diverged model')
     try: model = build_model(ck['arch'], **kw)
-    except (TypeError, ValueError, RuntimeError) as e: raise ModelError(path, f"its architecture arguments build no network ({_first_line(e)})") from None
+    except (TypeError, ValueError, RuntimeError) as e: raise ModelError(path, f"its architecture arguments build no network ({first_line(e)})") from None
     try: model.load_state_dict(sd)
     except RuntimeError: raise ModelError(path, 'its weights do not fit its architecture (corrupt file?)') from None
     info = {k:v for k,v in ck.items() if k!='state_dict'}
