@@ -6,8 +6,8 @@ Docs: https://darknb.github.io/darknb/core.html.md"""
 
 # %% auto #0
 __all__ = ['TMP_SUFFIX', 'DarknbError', 'OutputExists', 'first_line', 'refuse_existing', 'clear_stale', 'WriteError',
-           'atomic_path', 'all_or_none', 'check_shape', 'data_dir', 'cache_dir', 'quiet_stderr', 'to_plain', 'command',
-           'ArgError', 'number', 'one_of']
+           'atomic_path', 'all_or_none', 'check_shape', 'data_dir', 'cache_dir', 'cache_path', 'quiet_stderr',
+           'to_plain', 'command', 'ArgError', 'number', 'one_of']
 
 # %% ../nbs/00a_core.ipynb #c3d88d42
 import os, sys, math, errno, signal, tempfile, contextlib, warnings
@@ -163,12 +163,30 @@ def data_dir(sub:str|None=None # A sub-folder such as 'raw' or 'flea3'
     p = root/sub if sub else root
     return p if p.exists() else None
 
+def _configured_cache()->Path: return Path(os.environ.get('DARKNB_CACHE') or Path.home()/'.cache'/'darknb').expanduser()
+
+_said = set()  # cache folders already reported as unwritable
+
 def cache_dir()->Path:
-    "Folder for generated files: `$DARKNB_CACHE`, else `~/.cache/darknb` (created when missing)."
-    d = Path(os.environ.get('DARKNB_CACHE') or Path.home()/'.cache'/'darknb')
+    "Folder for generated files: `$DARKNB_CACHE`, else `~/.cache/darknb` (created when missing); a temporary folder when that cannot be written."
+    d = _configured_cache()
     try: d.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise DarknbError(d, f'cannot create the cache folder ({e.strerror or e}); set DARKNB_CACHE to a writable folder') from None
-    return d
+    except OSError as e: why = e.strerror or str(e)
+    else: why = None if os.access(d, os.W_OK) else os.strerror(errno.EROFS if os.statvfs(d).f_flag & os.ST_RDONLY else errno.EACCES)
+    if why is None: return d
+    tmp = Path(tempfile.gettempdir())/f'darknb-cache-{os.getuid() if hasattr(os, "getuid") else "user"}'
+    tmp.mkdir(exist_ok=True)
+    if d not in _said:
+        _said.add(d)
+        print(f'darknb: note: {d}: the cache folder cannot be written ({why[0].lower()+why[1:]}); generated files go to {tmp} '
+              'instead (set DARKNB_CACHE to a writable folder to keep them)', file=sys.stderr)
+    return tmp
+
+def cache_path(name:str # a generated file or folder
+              )->Path:
+    "Where the generated `name` lives: in the configured cache when it holds it (a read-only cache still serves), else in `cache_dir()`."
+    p = _configured_cache()/name
+    return p if p.exists() else cache_dir()/name
 
 # %% ../nbs/00a_core.ipynb #fc2c7317
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 import numpy as np
 import rawpy, tifffile
-from .core import DarknbError, atomic_path, cache_dir, data_dir, quiet_stderr, check_shape
+from .core import DarknbError, atomic_path, cache_path, data_dir, quiet_stderr, check_shape
 
 # %% auto #0
 __all__ = ['SCENES', 'XTRANS_PATTERN', 'RGB_OF_INDEX', 'XYZ_FROM_SRGB', 'SAMPLE_CAM_XYZ', 'RAW_EXTS', 'UNWRITTEN', 'BYTES_NAME',
@@ -250,7 +250,7 @@ def make_sample_dng(path, scene:str='coffee', pattern:str='RGGB', exposure:float
 
 def sample_dng(scene:str='coffee', pattern:str='RGGB', exposure:float=1.0)->Path:
     "Path of a generated sample DNG, made once and kept in `cache_dir()`."
-    p = cache_dir()/f'sample-v1-{scene}-{pattern}-{exposure:g}.dng'
+    p = cache_path(f'sample-v1-{scene}-{pattern}-{exposure:g}.dng')
     if not p.exists():
         try: make_sample_dng(p, scene, pattern, exposure)
         except FileExistsError: pass  # made meanwhile by another process

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from .core import DarknbError, atomic_path, refuse_existing, check_shape, cache_dir, one_of
+from .core import DarknbError, atomic_path, refuse_existing, check_shape, cache_dir, cache_path, one_of
 from .raw import (SCENES, SAMPLE_CAM_XYZ, open_raw, read_mosaic, cam_xyz_matrix, pick_white_balance,
                         black_map, normalize, pack_mosaic, write_dng, sample_scene, pattern_from_str, mosaic_from_srgb,
                         srgb_gamma)
@@ -304,7 +304,7 @@ def make_mini_sid(out_dir, # folder to create (the dataset root); refused if it 
 
 def mini_sid(n_scenes:int=6, size:tuple=(256, 384), bursts:int=2, seed:int=0)->Path:
     "A generated mini-SID kept in `cache_dir()`, built on first use."
-    root = cache_dir()/f'mini-sid-v{MINI_SID_VERSION}-{n_scenes}-{size[0]}x{size[1]}-{bursts}-{seed}'
+    root = cache_path(f'mini-sid-v{MINI_SID_VERSION}-{n_scenes}-{size[0]}x{size[1]}-{bursts}-{seed}')
     if not (root/'mini_sid.json').exists():
         try: make_mini_sid(root, n_scenes=n_scenes, size=size, bursts=bursts, seed=seed, overwrite=root.exists())
         except FileExistsError: pass  # built meanwhile by another process
