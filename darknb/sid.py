@@ -129,14 +129,14 @@ def _write_lookalike(root:Path, lines:list[str], name:str='Sony_test_list.txt')-
 
 # %% ../nbs/03_sid.ipynb #fb5c9f87
 PROTOCOLS = {'all': 'every pair in the list',
-             '00': 'the first frame of each burst (`_00`), as the official SID scripts use',
-             '00-aligned': '`_00` frames without the misaligned scenes 10034, 10045, 10172'}
+             'first': 'the first frame of each burst (`_00`), as the official SID scripts use',
+             'first-aligned': '`_00` frames without the misaligned scenes 10034, 10045, 10172'}
 
 def select_protocol(pairs:list[SIDPair], protocol:str='all')->list[SIDPair]:
     "The pairs a test protocol keeps (see `PROTOCOLS`)."
     if protocol not in PROTOCOLS: raise ValueError(f'unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}')
     if protocol=='all': return list(pairs)
-    return [p for p in pairs if p.burst==0 and not (protocol=='00-aligned' and p.misaligned)]
+    return [p for p in pairs if p.burst==0 and not (protocol=='first-aligned' and p.misaligned)]
 
 # %% ../nbs/03_sid.ipynb #e52ce08e
 def find_list(root, camera:str='Sony', split:str='train')->Path:
@@ -667,7 +667,7 @@ def make_dls(source, # a SID folder, a list of clean RAW files, or a dict of `da
     if noise=='eld': noise = partial(eld_noise, camera=one_of(CAMERAS)(camera))
     kw = dict(task=task, ratio=tuple(ratio), noise=noise, cache=cache)
     if src['kind']=='sid':
-        tr,va = (sid_pairs(src['root'], src['camera'], split, '00') for split in ('train', 'val'))
+        tr,va = (sid_pairs(src['root'], src['camera'], split, 'first') for split in ('train', 'val'))
         if not tr or not va: raise DataError(f"{src['root']}: needs training and validation pairs, has {len(tr)} and {len(va)}")
         if n_valid: va = va[:n_valid]
         _check_sizes(sorted({f for p in tr+va for f in (p.short, p.long)}), cache, patch)

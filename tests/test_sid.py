@@ -56,9 +56,9 @@ def test_splits_from_first_digit(tmp_path):
 def test_protocol_counts(tmp_path):
     pairs = parse_list(write_lookalike(tmp_path, TEST_LINES))
     assert len(select_protocol(pairs, 'all')) == 9
-    first = select_protocol(pairs, '00')
+    first = select_protocol(pairs, 'first')
     assert len(first) == 6 and all(p.burst == 0 for p in first)
-    aligned = select_protocol(pairs, '00-aligned')
+    aligned = select_protocol(pairs, 'first-aligned')
     assert [p.scene for p in aligned] == [10003, 10003]
     with pytest.raises(ValueError, match='unknown protocol'): select_protocol(pairs, 'official')
     s = summarize(pairs)
@@ -67,7 +67,7 @@ def test_protocol_counts(tmp_path):
 
 def test_sid_pairs_finds_lists(tmp_path):
     write_lookalike(tmp_path, TEST_LINES)
-    assert len(sid_pairs(tmp_path, split='test', protocol='00-aligned')) == 2
+    assert len(sid_pairs(tmp_path, split='test', protocol='first-aligned')) == 2
     # Fuji, with its list file inside the camera folder; paths stay relative to the root
     fuji = [line('00001_00_0.1s', '00001_00_10s', cam='Fuji', ext='RAF'), line('00001_00_0.033s', '00001_00_30s', cam='Fuji', ext='RAF')]
     write_lookalike(tmp_path, fuji, 'Fuji_train_list.txt', where='Fuji')
@@ -141,7 +141,7 @@ def test_mini_sid_layout(mini, tmp_path):
     assert [counts[s]['scenes'] for s in ('train', 'val', 'test')] == [3, 1, 1]
     assert counts['train']['pairs'] == 3*2*2 and counts['train']['long'] == 3
     assert set(counts['train']['ratios']) == {100, 250, 300}
-    assert len(sid_pairs(mini, split='train', protocol='00')) == 3*2
+    assert len(sid_pairs(mini, split='train', protocol='first')) == 3*2
     with pytest.raises(FileExistsError): make_mini_sid(mini)
     # the short frames really got 1/ratio of the light (true ratio, before the cap)
     p = sid_pairs(mini, split='train')[1]
