@@ -280,7 +280,7 @@ def example_raw_files()->list[Path]:
 
 # %% ../nbs/00_raw.ipynb #d0a1b202
 _M_PERTURB,_M_MMAP_MAX,_MMAP_MAX_DEFAULT = -6,-4,65536  # glibc's mallopt parameters (malloc.h)
-UNWRITTEN = 0x5A5A  # what a pixel LibRaw never wrote reads while `_marked_memory` is on
+UNWRITTEN = 0x5A5A  # what a pixel LibRaw never wrote reads while LibRaw decodes (see `open_raw`)
 
 @functools.lru_cache(maxsize=None)
 def _glibc():
@@ -301,7 +301,7 @@ def _marked_memory():
 def decode_problem(raw_image:np.ndarray, # what LibRaw decoded (`raw.raw_image`)
                    white:int # the file's white level
                   )->str|None:
-    "Why the decoded mosaic cannot be the file's data, or None: pixels LibRaw never wrote (see `_marked_memory`), or many above white."
+    "Why the decoded mosaic cannot be the file's data, or None: pixels LibRaw never wrote (0x5A5A side by side), or many above white."
     a = np.asarray(raw_image)
     if a.ndim!=2 or a.shape[1]<2: return None  # stacks of demosaiced planes keep their own ranges
     u = a==UNWRITTEN
