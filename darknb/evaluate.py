@@ -6,17 +6,18 @@ Docs: https://darknb.github.io/darknb/evaluate.html.md"""
 
 # %% ../nbs/09_evaluate.ipynb #41016e9f
 from __future__ import annotations
-import csv, json, sys, time
+import csv, json, re, sys, time
 from pathlib import Path
 import numpy as np
 from .core import DarknbError, atomic_path, command, one_of, number, ArgError
-from .raw import read_mosaic, pack_mosaic
+from .raw import normalize, pack_mosaic
+from .noise import read_frame
 from .sid import SIDError, PROTOCOLS, select_protocol, _pair_from_line
 
 # %% auto #0
-__all__ = ['METHODS', 'FIELDS', 'DOMAINS', 'EvalError', 'read_pairs', 'centre_crop', 'raw_pair', 'score', 'fit_poisson_gaussian',
-           'gat', 'gat_inverse', 'amplify', 'nlm', 'noise_params', 'bm3d_gat', 'run_model', 'read_results', 'summary',
-           'method_list', 'evaluate_cmd']
+__all__ = ['METHODS', 'FIELDS', 'DOMAINS', 'FLEA3_PAIRS', 'EvalError', 'read_pairs', 'centre_crop', 'raw_pair', 'score',
+           'fit_poisson_gaussian', 'gat', 'gat_inverse', 'amplify', 'nlm', 'noise_params', 'bm3d_gat', 'run_model',
+           'read_results', 'summary', 'method_list', 'evaluate_cmd', 'flea3_list']
 
 # %% ../nbs/09_evaluate.ipynb #c2796f07
 class EvalError(DarknbError):
@@ -47,18 +48,21 @@ def centre_crop(x:np.ndarray, # ... x H x W
     t,l = max((H-n)//2, 0), max((W-n)//2, 0)
     return x[..., t:t+n, l:l+n]
 
-def raw_pair(short, long, # RAW files of one scene: the dark frame and the well-exposed one
+def raw_pair(short, long, # frames of one scene: the dark one and the well-exposed one (RAW files, or TIFF mosaics)
              ratio:float, # amplification of the dark frame
-             crop:int|None=None # centre crop in mosaic pixels (ELD scores 512 x 512)
+             crop:int|None=None, # centre crop in mosaic pixels (ELD scores 512 x 512)
+             pattern:str|None=None # Bayer phase of TIFF mosaics, e.g. 'GBRG' (RAW files carry theirs)
             )->tuple[np.ndarray, np.ndarray, float]:
     "The RAW-domain pair as the ELD family scores it: packed planes, each frame normalised by its own levels; the short one times `ratio` (not clipped), the long one clipped to [0, 1]; and the short frame's span (white - black, DN)."
     frames = []
     for f in (short, long):
-        m,info = read_mosaic(f, kinds=('bayer',), clip=False)
-        frames.append((centre_crop(pack_mosaic(m, np.asarray(info.raw_pattern)), crop//2 if crop else None), info))
-    (x,si),(y,_) = frames
+        m,meta = read_frame(f, pattern)   # a TIFF mosaic has no black level recorded: 0
+        black = meta['black'] if meta['black'] is not None else [0]*4
+        x = normalize(m, meta['pattern'], black, meta['white'], clip=False)
+        frames.append((centre_crop(pack_mosaic(x, meta['pattern']), crop//2 if crop else None), meta['white']-float(np.mean(black))))
+    (x,span),(y,_) = frames
     if x.shape!=y.shape: raise EvalError(short, f'packed size {x.shape[1]} x {x.shape[2]} differs from the long frame {long} ({y.shape[1]} x {y.shape[2]})')
-    return x*np.float32(ratio), np.clip(y, 0, 1), float(si.white_level-np.mean(si.black_levels))
+    return x*np.float32(ratio), np.clip(y, 0, 1), span
 
 def score(pred:np.ndarray, targ:np.ndarray)->tuple[float,float]:
     "PSNR (dB) and SSIM of packed planes in [0, 1] (`darknb.metrics`: scikit-image's definitions, channels averaged)."
@@ -192,6 +196,7 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
                  model:str='default', # the network of the 'model' method: 'default' (the bundled model) or a darknb model file
                  crop:number(2, 1e6, integer=True)=None, # score only the centre N x N mosaic pixels (ELD: 512)
                  profile:str|None=None, # noise profile JSON from darknb calibrate, for bm3d (default: fitted from each frame)
+                 pattern:str|None=None, # Bayer phase of TIFF frames, e.g. 'GBRG' (RAW files carry theirs)
                  tile:number(16, 1e6, integer=True)=1024 # the model's largest tile side, packed pixels (smaller needs less memory)
                 )->int:
     "Score restoration methods on the pairs of a SID-format list; write results.csv and summary.md. Exit code 0 only if every pair was scored."
@@ -212,7 +217,7 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
         ctx['net'] = load_restorer(model)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     options = dict(list=str(pairs), data=str(root), protocol=protocol, domain=domain, crop=crop,
-                   profile=None if profile is None else str(profile), model=str(model))
+                   profile=None if profile is None else str(profile), model=str(model), pattern=pattern)
     run = out/'run.json'
     if run.exists():
         old = json.loads(run.read_text())
@@ -228,11 +233,12 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
     failed = len(bad)
     with open(res, 'a', newline='') as f:
         w = csv.DictWriter(f, FIELDS)
-        for pair in progress_bar(todo_pairs, leave=False):
+        shown = 'ipykernel' in sys.modules or sys.stdout.isatty()  # a bar on a terminal or in a notebook, not in a file or pipe
+        for pair in progress_bar(todo_pairs, leave=False, display=shown):
             s,l = _key(pair, root)
             todo = [m for m in methods if (s, l, m) not in done]
             if not todo: continue
-            try: x,y,span = raw_pair(pair.short, pair.long, pair.ratio, crop)
+            try: x,y,span = raw_pair(pair.short, pair.long, pair.ratio, crop, pattern)
             except (DarknbError, OSError) as e:
                 print(f'darknb: error: {e}', file=sys.stderr); failed += 1; continue
             ctx.update(ratio=pair.ratio, span=span)
@@ -248,3 +254,25 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
     with atomic_path(out/'summary.md', overwrite=True) as tmp: tmp.write_text(text)
     print(text + f'\nwrote {res} and {out/"summary.md"}' + (f'; {failed} of {len(found)+len(bad)} pairs could not be scored' if failed else ''))
     return 1 if failed else 0
+
+# %% ../nbs/09_evaluate.ipynb #832af086
+FLEA3_PAIRS = ((50, 500), (100, 2000), (50, 3916), (100, 500), (50, 2000), (100, 3916))  # (short, long) in ms
+
+def flea3_list(out_dir, # a new folder for the list and the links
+               pairs=FLEA3_PAIRS, # (short, long) exposure times, ms
+               sub:str='flea3' # the series' folder under `darknb.core.data_dir()`
+              )->Path|None:
+    "A SID-format list of pairs of the real Flea3 exposure series (SID-named links to its frames); None when the data is absent."
+    from darknb.core import data_dir
+    d = data_dir(sub)
+    if d is None or not (d/'disks_500nm').is_dir(): return None
+    by_ms = {int(re.search(r'_(\d+)ms_', f.name)[1]): f for f in (d/'disks_500nm').glob('*ms_*.tif')}
+    out = Path(out_dir); (out/'short').mkdir(parents=True); (out/'long').mkdir()
+    lines = []
+    for k,(s,l) in enumerate(pairs):
+        for kind,ms,burst in (('short', s, k), ('long', l, 0)):
+            link = out/kind/f'10001_{burst:02d}_{ms/1000:g}s.tif'
+            if not link.exists(): link.symlink_to(by_ms[ms].resolve())
+        lines.append(f'./short/10001_{k:02d}_{s/1000:g}s.tif ./long/10001_00_{l/1000:g}s.tif')
+    (out/'flea3_list.txt').write_text('\n'.join(lines)+'\n')
+    return out/'flea3_list.txt'
