@@ -250,8 +250,11 @@ def test_sigterm_during_a_batch_leaves_no_temporary(tmp_path):
     for i in range(30): shutil.copy(sample_dng(), tmp_path/'in'/f'p{i}.dng')
     p = subprocess.Popen([shutil.which('darknb'), 'enhance', tmp_path/'in', '-o', tmp_path/'out', '--ratio', '4'],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = p.stderr.readline()  # the progress line of the first photo: the batch is under way
-    assert first.startswith('[1/30] '), first
+    seen = []
+    while not (seen and seen[-1].startswith('[1/30] ')) and len(seen)<20:  # the first photo's progress line: under way
+        seen.append(p.stderr.readline())
+        if not seen[-1]: break
+    assert seen[-1].startswith('[1/30] '), seen
     p.send_signal(signal.SIGTERM)
     out,err = p.communicate(timeout=120)
     assert p.returncode==143 and err.strip().splitlines()[-1]=='darknb: error: interrupted', (p.returncode, err)
