@@ -6,18 +6,18 @@ Docs: https://darknb.github.io/darknb/evaluate.html.md"""
 
 # %% ../nbs/09_evaluate.ipynb #41016e9f
 from __future__ import annotations
-import csv, json, re, sys, time
+import csv, json, re, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 from .core import DarknbError, atomic_path, command, one_of, number, ArgError
-from .raw import normalize, pack_mosaic
+from .raw import normalize, pack_mosaic, unpack_mosaic, black_map, write_dng, cam_xyz_matrix, libraw_render, describe
 from .noise import read_frame
 from .sid import SIDError, PROTOCOLS, select_protocol, _pair_from_line
 
 # %% auto #0
 __all__ = ['METHODS', 'FIELDS', 'DOMAINS', 'FLEA3_PAIRS', 'EvalError', 'read_pairs', 'centre_crop', 'raw_pair', 'score',
            'fit_poisson_gaussian', 'gat', 'gat_inverse', 'amplify', 'nlm', 'noise_params', 'bm3d_gat', 'run_model',
-           'read_results', 'summary', 'method_list', 'evaluate_cmd', 'flea3_list']
+           'srgb_render', 'read_results', 'summary', 'method_list', 'evaluate_cmd', 'flea3_list']
 
 # %% ../nbs/09_evaluate.ipynb #c2796f07
 class EvalError(DarknbError):
@@ -136,6 +136,19 @@ def run_model(x:np.ndarray, ctx:dict)->np.ndarray:
 
 METHODS = dict(amplify=amplify, nlm=nlm, bm3d=bm3d_gat, model=run_model)
 
+# %% ../nbs/09_evaluate.ipynb #f50417bd
+def srgb_render(packed:np.ndarray, # restored packed planes C x h x w in [0, 1] (a Bayer mosaic's)
+                info # the `RawInfo` of the file whose camera it is (`darknb.raw.describe`)
+               )->np.ndarray:
+    "LibRaw's rendering of `packed` as SID scores it: a DNG with the file's levels, white balance and colour matrix, rendered by `libraw_render` (H x W x 3 in [0, 1])."
+    pat = np.asarray(info.raw_pattern)
+    m = unpack_mosaic(packed, pat)
+    b = black_map(pat, info.black_levels, m.shape)
+    dn = np.clip(np.round(b + m*(info.white_level-b)), 0, info.white_level).astype(np.uint16)
+    with tempfile.TemporaryDirectory() as d:
+        f = write_dng(Path(d)/'render.dng', dn, pat, info.black_levels, info.white_level, wb=info.wb[:3], rgb_xyz_matrix=cam_xyz_matrix(info))
+        return libraw_render(f)
+
 # %% ../nbs/09_evaluate.ipynb #efe84303
 FIELDS = ('short', 'long', 'ratio', 'method', 'psnr', 'ssim', 'seconds')
 
@@ -171,7 +184,8 @@ def summary(rows:list[dict], options:dict)->str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/09_evaluate.ipynb #4a521410
-DOMAINS = {'raw': "packed mosaic, each frame normalised by its own black and white levels (the ELD family's protocol)"}
+DOMAINS = {'raw': "packed mosaic, each frame normalised by its own black and white levels (the ELD family's protocol)",
+           'srgb': "LibRaw's rendering of each output against that of the long exposure (SID's protocol)"}
 
 def method_list(v)->list:
     "A checker for `--methods`: comma-separated names of `METHODS`."
@@ -191,7 +205,7 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
                  data:str|None=None, # folder the list's paths are relative to (default: the list file's folder)
                  out:str='darknb-eval', # output folder for results.csv and summary.md; an interrupted run resumes there
                  protocol:one_of(PROTOCOLS)='all', # all pairs; first: the _00 short frames (SID's test script); first-aligned: also without scenes 10034, 10045, 10172
-                 domain:one_of(DOMAINS)='raw', # raw: the packed mosaic, each frame normalised by its own levels (ELD's protocol)
+                 domain:one_of(DOMAINS)='raw', # raw: the packed mosaic, each frame normalised by its own levels (ELD); srgb: LibRaw's renderings (SID)
                  methods:method_list='amplify,nlm,bm3d,model', # methods to score, comma-separated: amplify, nlm, bm3d, model
                  model:str='default', # the network of the 'model' method: 'default' (the bundled model) or a darknb model file
                  crop:number(2, 1e6, integer=True)=None, # score only the centre N x N mosaic pixels (ELD: 512)
@@ -242,11 +256,15 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
             except (DarknbError, OSError) as e:
                 print(f'darknb: error: {e}', file=sys.stderr); failed += 1; continue
             ctx.update(ratio=pair.ratio, span=span)
+            if domain=='srgb':
+                try: info = describe(pair.long)
+                except DarknbError as e: print(f'darknb: error: {e} (the sRGB domain needs RAW files)', file=sys.stderr); failed += 1; continue
+                y = srgb_render(y, info).transpose(2, 0, 1)
             for m in todo:
                 t0 = time.perf_counter()
                 p = METHODS[m](x, ctx)
                 sec = time.perf_counter()-t0
-                ps,ss = score(p, y)
+                ps,ss = score(p if domain=='raw' else srgb_render(p, info).transpose(2, 0, 1), y)
                 row = dict(short=s, long=l, ratio=pair.ratio, method=m, psnr=round(ps, 4), ssim=round(ss, 5), seconds=round(sec, 3))
                 w.writerow(row); f.flush(); rows.append(row)
     keys = {_key(p, root) for p in todo_pairs}

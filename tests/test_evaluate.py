@@ -74,3 +74,22 @@ def test_bad_options(sid, tmp_path):
     rc,out,err = darknb('evaluate', tmp_path/'none.txt', '-o', tmp_path/'o')
     assert rc==1 and err==[f'darknb: error: {tmp_path}/none.txt: no such list file']
     assert not (tmp_path/'o').exists()
+
+def test_srgb_domain(sid, tmp_path):
+    "SID's protocol: LibRaw's renderings of the outputs against that of the long exposure."
+    from darknb.evaluate import srgb_render
+    from darknb.raw import describe
+    root,prof = sid
+    lst = root/'Sony_test_list.txt'
+    rc,out,err = darknb('evaluate', lst, '-o', tmp_path/'srgb', '--methods', 'amplify,bm3d', '--profile', prof, '--domain', 'srgb', '--protocol', 'first')
+    assert rc==0, err
+    rows = read_results(tmp_path/'srgb'/'results.csv')
+    assert len(rows)==4 and 'Protocol `first`, SRGB domain' in (tmp_path/'srgb'/'summary.md').read_text()
+    for p in [p for p in parse_list(lst) if p.burst==0]:
+        r = {m['method']: m for m in rows if m['short']==str(p.short.relative_to(root))}
+        x,y,_ = raw_pair(p.short, p.long, p.ratio)
+        info = describe(p.long)
+        direct = score(srgb_render(np.clip(x, 0, 1), info).transpose(2, 0, 1), srgb_render(y, info).transpose(2, 0, 1))[0]
+        assert r['amplify']['psnr']==pytest.approx(direct, abs=1e-3)
+        assert abs(direct - score(np.clip(x, 0, 1), y)[0]) > 3      # the domains give very different numbers
+        assert r['bm3d']['psnr'] > r['amplify']['psnr']
