@@ -136,7 +136,7 @@ def run_model(x:np.ndarray, ctx:dict)->np.ndarray:
 
 METHODS = dict(amplify=amplify, nlm=nlm, bm3d=bm3d_gat, model=run_model)
 
-# %% ../nbs/09_evaluate.ipynb #f50417bd
+# %% ../nbs/09_evaluate.ipynb #7977e927
 def srgb_render(packed:np.ndarray, # restored packed planes C x h x w in [0, 1] (a Bayer mosaic's)
                 info # the `RawInfo` of the file whose camera it is (`darknb.raw.describe`)
                )->np.ndarray:
