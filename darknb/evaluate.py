@@ -12,7 +12,7 @@ import numpy as np
 from .core import DarknbError, atomic_path, command, one_of, number, ArgError
 from .raw import normalize, pack_mosaic, unpack_mosaic, black_map, write_dng, cam_xyz_matrix, libraw_render, describe
 from .noise import read_frame
-from .sid import SIDError, PROTOCOLS, select_protocol, _pair_from_line
+from .sid import PROTOCOLS, select_protocol, parse_list
 
 # %% auto #0
 __all__ = ['METHODS', 'FIELDS', 'DOMAINS', 'FLEA3_PAIRS', 'EvalError', 'read_pairs', 'centre_crop', 'raw_pair', 'score',
@@ -27,16 +27,8 @@ def read_pairs(list_file, # a SID-format list: `short long [ISO<n>] [F<n>]` per 
                root=None # the folder its paths are relative to (default: the list file's folder)
               )->tuple[list, list]:
     "The pairs of a list file, and one `SIDError` for each line that cannot be used (a bad line, a missing file): the rest still count."
-    path = Path(list_file)
-    if not path.is_file(): raise EvalError(path, 'no such list file')
-    root = Path(root) if root is not None else path.parent
-    pairs,bad = [],[]
-    with open(path, encoding='utf-8', errors='replace') as f:
-        for i,line in enumerate(f, 1):
-            if not line.strip() or line.lstrip().startswith('#'): continue
-            try: pairs.append(_pair_from_line(line, (path, i), root, check=True))
-            except SIDError as e: bad.append(e)
-    return pairs, bad
+    bad = []
+    return parse_list(list_file, root, bad=bad), bad
 
 # %% ../nbs/09_evaluate.ipynb #31af7ab6
 def centre_crop(x:np.ndarray, # ... x H x W
@@ -80,8 +72,8 @@ def fit_poisson_gaussian(x:np.ndarray, # packed planes C x h x w of one noisy fr
     edges = np.quantile(m, np.linspace(0, 1, bins+1))
     pts = []
     for lo,hi in zip(edges[:-1], edges[1:]):
-        s = d[(m>=lo) & (m<=hi)]
-        if len(s)>=64: pts.append((float(np.mean(m[(m>=lo) & (m<=hi)])), float((1.4826*np.median(np.abs(s-np.median(s))))**2)))
+        sel = (m>=lo) & (m<=hi); s = d[sel]
+        if len(s)>=64: pts.append((float(np.mean(m[sel])), float((1.4826*np.median(np.abs(s-np.median(s))))**2)))
     mm,vv = np.array(pts).T
     a,b = np.polyfit(mm, vv, 1) if len(pts)>1 and np.ptp(mm)>0 else (0., float(np.mean(vv)))
     return max(float(a), 0.), max(float(b), 1e-12)
@@ -118,10 +110,15 @@ def noise_params(x:np.ndarray, ctx:dict)->tuple[float,float]:
     r,span = ctx['ratio'],ctx['span']
     return r*prof.K/span, r**2*float(prof.variance(0))/span**2
 
-def bm3d_gat(x:np.ndarray, ctx:dict)->np.ndarray:
-    "BM3D (the `bm3d` package) on each packed plane after the generalised Anscombe transform, then its unbiased inverse."
+def _bm3d():
+    "The `bm3d` package, or a one-line `EvalError` that says how to install it."
     try: import bm3d
     except ImportError: raise EvalError('--methods bm3d', 'needs the bm3d package: pip install bm3d') from None
+    return bm3d
+
+def bm3d_gat(x:np.ndarray, ctx:dict)->np.ndarray:
+    "BM3D (the `bm3d` package) on each packed plane after the generalised Anscombe transform, then its unbiased inverse."
+    bm3d = _bm3d()
     a,b = noise_params(x, ctx)
     out = [gat_inverse(bm3d.bm3d(gat(p, a, b).astype(np.float32), sigma_psd=1.0), a, b) for p in x]
     return np.clip(np.stack(out), 0, 1).astype(np.float32)
@@ -222,9 +219,7 @@ def evaluate_cmd(pairs:str, # SID-format list file: 'short long [ISO<n>] [F<n>]'
     found,bad = read_pairs(pairs, root)
     for e in bad: print(f'darknb: error: {e}', file=sys.stderr)
     todo_pairs = select_protocol(found, protocol)
-    if 'bm3d' in methods:
-        try: import bm3d  # noqa: F401
-        except ImportError: raise EvalError('--methods bm3d', 'needs the bm3d package: pip install bm3d') from None
+    if 'bm3d' in methods: _bm3d()  # before any work
     ctx = dict(profile=NoiseProfile.from_json(profile) if profile else None, tile=tile)
     if 'model' in methods:
         from darknb.restore import load_restorer

@@ -104,9 +104,10 @@ def _pair_from_line(line:str, where:tuple, root:Path, check:bool)->SIDPair:
 
 def parse_list(path, # a SID list file such as 'Sony_train_list.txt'
                root=None, # folder the paths in the file are relative to (default: the list file's folder)
-               check:bool=True # check that every file exists
+               check:bool=True, # check that every file exists
+               bad:list|None=None # collect the `SIDError` of each bad line here and go on (default: raise the first)
               )->list[SIDPair]:
-    "Read the pairs of a SID list file; a bad line raises `SIDError` naming file and line."
+    "Read the pairs of a SID list file; a bad line raises `SIDError` naming file and line (or joins `bad`)."
     path = Path(path)
     if not path.is_file(): raise SIDError(path, 'no such list file')
     root = Path(root) if root is not None else path.parent
@@ -114,7 +115,10 @@ def parse_list(path, # a SID list file such as 'Sony_train_list.txt'
     with open(path, encoding='utf-8', errors='replace') as f:
         for i,line in enumerate(f, 1):
             if not line.strip() or line.lstrip().startswith('#'): continue
-            pairs.append(_pair_from_line(line, (path,i), root, check))
+            try: pairs.append(_pair_from_line(line, (path,i), root, check))
+            except SIDError as e:
+                if bad is None: raise
+                bad.append(e)
     return pairs
 
 # %% ../nbs/03_sid.ipynb #f87034c0
