@@ -569,7 +569,6 @@ def calibrate_cmd(darks:list, # dark (lens-capped) frames: RAW files or TIFF mos
     if lights and lights[0].shape!=dk[0].shape: raise NoiseError(flats[0], 'size differs from the dark frames')
     prof = calibrate(dk, lights or None, pattern=meta['pattern'], white=meta['white'] if white is None else white,
                      name=name or f'calibrated from {Path(darks[0]).parent.name or "."}', names=darks)
-
     if not meta['pattern_known'] and pattern is None: prof.notes.append('Bayer phase not given: RGGB assumed (channel labels only)')
     print(prof.summary())
     print(f'  black level {" ".join(f"{b:.3f}" for b in prof.black_level)} (R G B G2), white {prof.white_level:g}')
@@ -624,7 +623,6 @@ def synth_cmd(clean:str, # a clean, well-exposed RAW file (Bayer or X-Trans mosa
         write_dng(dst_dark, dark, exposure_time=t/ratio if t else None, **kw)
         write_dng(dst_ref, mosaic, exposure_time=t, **kw)
         with atomic_path(dst_js, force) as tmp: Path(tmp).write_text(json.dumps(to_plain(rec, finite=True), indent=1))
-
     b = black_map(pat, info.black_levels, mosaic.shape)
     print(f'{clean}: ratio {ratio:g}, {prof.summary()}')
     print(f'  mean signal above black: clean {np.mean(mosaic-b):.1f} DN, dark {np.mean(dark-b):.2f} DN')

@@ -206,7 +206,6 @@ class SaveBest(SaveModelCallback):
         f = self.path/self.model_dir/f'{name}.pth'
         f.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(f, overwrite=True) as tmp: save_weights(tmp, self.learn.model, getattr(self.learn, 'opt', None), with_opt=self.with_opt)
-
         self.last_saved_path = f
     def after_fit(self, **kwargs):
         _barrier()  # rank 0 has written its last `best.pth`
